@@ -1,0 +1,42 @@
+"""caffe_compat: Caffe's file formats and layer semantics, without pycaffe.
+
+The public API is imported lazily (``import caffe_compat`` does not import
+torch): formats -> layers -> net -> solver, each in its own module.
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_API = {
+    # errors
+    "CaffeCompatError": "errors", "CaffeFormatError": "errors", "WireFormatError": "errors",
+    "TextFormatError": "errors", "WrongFileKind": "errors", "BadPayload": "errors",
+    "UpgradeError": "errors", "UnknownLayerType": "errors", "ShapeError": "errors",
+    "UnsupportedParameter": "errors",
+    # schema
+    "caffe_pb2": "proto",
+    # formats
+    "read_prototxt": "io", "write_prototxt": "io", "read_net": "io", "read_solver": "io",
+    "read_caffemodel": "io", "write_caffemodel": "io",
+    "read_solverstate": "io", "write_solverstate": "io",
+    "read_blobproto": "io", "write_blobproto": "io",
+    "detect_kind": "io",
+    "upgrade_net": "upgrade", "upgrade_solver": "upgrade",
+    # nets
+    "load_net": "net", "Net": "net",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    mod = _API.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'caffe_compat' has no attribute {name!r}")
+    m = importlib.import_module(f"{__name__}.{mod}")
+    value = m if name == "caffe_pb2" and mod == "proto" and not hasattr(m, name) else getattr(m, name)
+    globals()[name] = value
+    return value

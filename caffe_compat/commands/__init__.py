@@ -1,0 +1,1 @@
+"""Subcommands of the ``caffekt`` console script, one module each."""

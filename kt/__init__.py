@@ -1,0 +1,1 @@
+"""Knowledge-transfer pipeline (installed as ``caffekt.kt``)."""

@@ -1,0 +1,126 @@
+"""Jigsaw permutation sets: the authors' ``.bin`` files, ``.npy`` sets, greedy generation.
+
+File format of the authors' ``permutations_*.bin`` (JigsawPuzzleSolver): int32
+little-endian header ``[n, 9]`` followed by ``n*9`` int32 cell indices,
+1-based.  In memory a set is an ``(n, 9)`` int64 array of 0-based indices;
+row ``i`` says that output tile ``j`` is taken from grid cell ``perm[i, j]``.
+
+Generation follows Algorithm 1 of Noroozi & Favaro (ECCV 2016): start from
+one random permutation and greedily add the permutation of all 9! that
+maximises its Hamming distance to the chosen set -- the *average* distance
+(``max_avg``, the published sets) or the *minimum* distance (``max_min``).
+Ties are broken by a seeded random choice, so a seed fixes the set.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+from typing import Dict
+
+import numpy as np
+
+from caffe_compat.errors import CaffeFormatError
+
+_HEADER = 2  # int32 values before the table: n, number of tiles
+
+
+def _check(perms: np.ndarray, path: str | None) -> np.ndarray:
+    perms = np.asarray(perms)
+    if perms.ndim != 2 or perms.shape[0] == 0:
+        raise CaffeFormatError(f"expected an (n, tiles) permutation table, got shape {perms.shape}", path)
+    k = perms.shape[1]
+    want = np.arange(k)
+    for i, row in enumerate(perms):
+        if not np.array_equal(np.sort(row), want):
+            raise CaffeFormatError(
+                f"row {i} is not a permutation of 0..{k - 1} (0-based): {row.tolist()}", path)
+    uniq = np.unique(perms, axis=0)
+    if len(uniq) != len(perms):
+        raise CaffeFormatError(f"{len(perms) - len(uniq)} repeated permutation(s) in the set", path)
+    return perms.astype(np.int64)
+
+
+def read_permutations(path: str) -> np.ndarray:
+    """Read a ``.bin`` (authors' layout, 1-based) or ``.npy`` (0- or 1-based) set as 0-based ``(n, k)``."""
+    if path.endswith(".npy"):
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except ValueError as e:  # object arrays would need pickle: refused
+            raise CaffeFormatError(f"not a plain numeric .npy array ({e})", path) from None
+        if arr.ndim == 2 and arr.size and arr.min() == 1 and arr.max() == arr.shape[1]:
+            arr = arr - 1
+        return _check(arr, path)
+    size = os.path.getsize(path)
+    if size < 4 * _HEADER or size % 4:
+        raise CaffeFormatError(f"a permutation .bin holds int32 values; size {size} bytes is not", path)
+    raw = np.fromfile(path, dtype="<i4")
+    n, k = int(raw[0]), int(raw[1])
+    if n <= 0 or k <= 1 or k > 64:
+        raise CaffeFormatError(f"header [n, tiles] = [{n}, {k}] is not a permutation set header", path)
+    if raw.size != _HEADER + n * k:
+        raise CaffeFormatError(
+            f"header says {n} permutations of {k} tiles ({_HEADER + n * k} int32 values) "
+            f"but the file holds {raw.size}", path)
+    table = raw[_HEADER:].reshape(n, k)
+    if table.min() < 1:
+        raise CaffeFormatError("the .bin table is 1-based; found an index below 1", path)
+    return _check(table - 1, path)
+
+
+def write_permutations(path: str, perms: np.ndarray) -> None:
+    """Write a set as ``.bin`` (authors' layout) or ``.npy`` (0-based), atomically."""
+    perms = _check(perms, path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        if path.endswith(".npy"):
+            with open(tmp, "wb") as f:
+                np.save(f, perms.astype(np.int64))
+        else:
+            n, k = perms.shape
+            out = np.concatenate([[n, k], (perms + 1).ravel()]).astype("<i4")
+            out.tofile(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def hamming_stats(perms: np.ndarray) -> Dict[str, float]:
+    """``n``, minimum and mean pairwise Hamming distance over all pairs ``i < j``."""
+    perms = np.asarray(perms)
+    n = len(perms)
+    if n < 2:
+        return {"n": n, "min": 0, "mean": 0.0}
+    # One row at a time keeps memory at O(n*k) for any n.
+    lo, total = perms.shape[1], 0
+    for i in range(n - 1):
+        d = (perms[i + 1:] != perms[i]).sum(axis=1)
+        lo = min(lo, int(d.min()))
+        total += int(d.sum())
+    return {"n": n, "min": lo, "mean": total / (n * (n - 1) / 2)}
+
+
+def generate_permutations(n: int, variant: str = "max_avg", seed: int = 0, tiles: int = 9) -> np.ndarray:
+    """Greedy maximal-Hamming set of ``n`` permutations of ``tiles`` (ECCV'16 Algorithm 1)."""
+    if variant not in ("max_avg", "max_min"):
+        raise ValueError(f"variant must be 'max_avg' or 'max_min', got {variant!r}")
+    if tiles > 10:
+        raise ValueError("greedy search enumerates all tiles! permutations; tiles must be <= 10")
+    pool = np.array(list(itertools.permutations(range(tiles))), dtype=np.uint8)
+    if not 1 <= n <= len(pool):
+        raise ValueError(f"n must be in 1..{len(pool)}, got {n}")
+    rng = np.random.default_rng(seed)
+    chosen = [int(rng.integers(len(pool)))]
+    # score[j]: sum (max_avg) or min (max_min) of distances from pool[j] to the chosen set
+    score = (pool != pool[chosen[0]]).sum(axis=1).astype(np.int64)
+    taken = np.zeros(len(pool), dtype=bool)
+    taken[chosen[0]] = True
+    for _ in range(n - 1):
+        s = np.where(taken, -1, score)
+        best = np.flatnonzero(s == s.max())
+        j = int(best[rng.integers(len(best))])
+        chosen.append(j)
+        taken[j] = True
+        d = (pool != pool[j]).sum(axis=1)
+        score = score + d if variant == "max_avg" else np.minimum(score, d)
+    return pool[chosen].astype(np.int64)

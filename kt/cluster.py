@@ -1,0 +1,104 @@
+"""k-means clustering of teacher features into pseudo-labels (faiss), and clustering metrics.
+
+The paper clusters the pretext network's features with k-means (about 2000
+clusters) and gives each image the label of its nearest centre.  ``kmeans``
+wraps ``faiss.Kmeans`` (CPU here, GPU where faiss has one): seeded, empty
+clusters re-split by faiss, centroids trained on a sample when the features do
+not fit (``max_train``), assignment streamed in chunks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from caffe_compat.errors import CaffeCompatError
+
+
+@dataclass
+class KMeansResult:
+    labels: np.ndarray          # (N,) int64 cluster of every row
+    centroids: np.ndarray       # (k, D) float32
+    objective: float            # sum of squared distances to the assigned centre
+    sizes: np.ndarray           # (k,) rows per cluster
+
+
+def kmeans_pp_init(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007): each new centre drawn with probability ~ D(x)^2."""
+    centres = np.empty((k, x.shape[1]), dtype=np.float32)
+    centres[0] = x[rng.integers(len(x))]
+    d2 = ((x - centres[0]) ** 2).sum(1, dtype=np.float64)
+    for i in range(1, k):
+        total = d2.sum()
+        j = int(rng.choice(len(x), p=d2 / total)) if total > 0 else int(rng.integers(len(x)))
+        centres[i] = x[j]
+        d2 = np.minimum(d2, ((x - centres[i]) ** 2).sum(1, dtype=np.float64))
+    return centres
+
+
+def kmeans(features: np.ndarray, k: int, seed: int = 0, niter: int = 20, nredo: int = 1,
+           max_train: Optional[int] = None, chunk: int = 65536, gpu: bool = False,
+           init: str = "auto", verbose: bool = False) -> KMeansResult:
+    """Cluster ``features`` (N, D) (may be a memory map) into ``k`` clusters.
+
+    ``init``: ``"kmeans++"``, ``"random"`` (faiss' own: k random rows) or
+    ``"auto"`` (k-means++ while ``n_train * k * D`` stays below 2e9 operations).
+    """
+    import faiss
+
+    n, d = features.shape
+    if k > n:
+        raise CaffeCompatError(f"k={k} clusters need at least {k} images, got {n}")
+    rng = np.random.default_rng(seed)
+    idx = np.arange(n) if max_train is None or max_train >= n else np.sort(rng.choice(n, max_train, replace=False))
+    train = np.ascontiguousarray(features[idx], dtype=np.float32)
+    if not np.isfinite(train).all():
+        bad = idx[~np.isfinite(train).all(axis=1)][:5]
+        raise CaffeCompatError(f"features contain NaN/Inf (rows {bad.tolist()} ...)")
+    km = faiss.Kmeans(d, k, niter=niter, nredo=nredo, seed=seed, verbose=verbose, gpu=gpu,
+                      max_points_per_centroid=max(256, (len(train) + k - 1) // k))
+    if init == "auto":
+        init = "kmeans++" if len(train) * k * d <= 2e9 else "random"
+    if init not in ("kmeans++", "random"):
+        raise ValueError(f"init must be 'kmeans++', 'random' or 'auto', got {init!r}")
+    km.train(train, init_centroids=kmeans_pp_init(train, k, rng) if init == "kmeans++" else None)
+    labels = np.empty(n, dtype=np.int64)
+    obj = 0.0
+    for s in range(0, n, chunk):  # streamed: only `chunk` rows in memory at once
+        block = np.ascontiguousarray(features[s:s + chunk], dtype=np.float32)
+        if not np.isfinite(block).all():
+            raise CaffeCompatError(f"features contain NaN/Inf in rows {s}..{s + len(block) - 1}")
+        dist, lab = km.index.search(block, 1)
+        labels[s:s + len(block)] = lab[:, 0]
+        obj += float(dist.sum(dtype=np.float64))
+    return KMeansResult(labels, km.centroids.copy(), obj, np.bincount(labels, minlength=k))
+
+
+def nmi(a: np.ndarray, b: np.ndarray) -> float:
+    """Normalised mutual information, arithmetic-mean normalisation (sklearn's default)."""
+    a, b = np.asarray(a), np.asarray(b)
+    _, ai = np.unique(a, return_inverse=True)
+    _, bi = np.unique(b, return_inverse=True)
+    joint = np.zeros((ai.max() + 1, bi.max() + 1))
+    np.add.at(joint, (ai, bi), 1)
+    p = joint / joint.sum()
+    pa, pb = p.sum(1), p.sum(0)
+    nz = p > 0
+    mi = float((p[nz] * np.log(p[nz] / np.outer(pa, pb)[nz])).sum())
+    ha = -float((pa[pa > 0] * np.log(pa[pa > 0])).sum())
+    hb = -float((pb[pb > 0] * np.log(pb[pb > 0])).sum())
+    if ha == 0 and hb == 0:
+        return 1.0
+    denom = (ha + hb) / 2
+    return mi / denom if denom > 0 else 0.0
+
+
+def purity(clusters: np.ndarray, truth: np.ndarray) -> float:
+    """Fraction of images whose true label is the majority label of their cluster."""
+    clusters, truth = np.asarray(clusters), np.asarray(truth)
+    _, ci = np.unique(clusters, return_inverse=True)
+    _, ti = np.unique(truth, return_inverse=True)
+    table = np.zeros((ci.max() + 1, ti.max() + 1), dtype=np.int64)
+    np.add.at(table, (ci, ti), 1)
+    return float(table.max(1).sum() / len(clusters))

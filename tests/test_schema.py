@@ -433,3 +433,20 @@ def test_agrees_with_pycaffe_schema():
     # the private ceil_mode keeps their type and default
     ours_ceil, theirs_ceil = our_msgs["PoolingParameter"]["ceil_mode"], theirs_msgs["PoolingParameter"]["ceil_mode"]
     assert theirs_ceil[0] == 13 and ours_ceil[1:] == theirs_ceil[1:]
+
+
+@pytest.mark.caffe
+def test_coexists_with_pycaffe_in_one_process():
+    """pycaffe's schema and ours load into one default descriptor pool."""
+    from _oracle import run_script
+    ours = os.path.join(os.path.dirname(PROTO_PATH), "caffe_pb2.py")
+    proc = run_script(
+        "import importlib.util\n"
+        "from caffe.proto import caffe_pb2 as theirs\n"
+        f"spec = importlib.util.spec_from_file_location('caffekt_caffe_pb2', {ours!r})\n"
+        "ours = importlib.util.module_from_spec(spec); spec.loader.exec_module(ours)\n"
+        "a = theirs.NetParameter(name='x'); a.layer.add(name='c', type='Convolution')\n"
+        "b = ours.NetParameter.FromString(a.SerializeToString())\n"
+        "print(ours.NetParameter.DESCRIPTOR.full_name, theirs.NetParameter.DESCRIPTOR.full_name,\n"
+        "      b.layer[0].type)\n")
+    assert proc.stdout.split() == ["caffekt.caffe.NetParameter", "caffe.NetParameter", "Convolution"]

@@ -16,15 +16,14 @@ over a conflicting field 13 in a caffemodel).
 from __future__ import annotations
 
 import difflib
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, Optional, Set, Tuple
 
 from google.protobuf import text_format
 from google.protobuf.message import Message
 
+from .binary import atomic_output  # the one atomic writer of the package
 from .errors import TextFormatError
 from .proto import caffe_pb2
 
@@ -226,26 +225,12 @@ def _copy(msg: Message) -> Message:
     return out
 
 
-def atomic_write(path: str, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, then ``os.replace`` it in."""
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def write_prototxt(msg: Message, path: str) -> None:
     """Write ``msg`` as text to ``path`` atomically."""
-    atomic_write(path, format_text(msg).encode("utf-8"))
+    data = format_text(msg).encode("utf-8")
+    with atomic_output(path) as f:
+        f.write(data)
 
 
 __all__ = ["KINDS", "TextInfo", "parse_text", "parse_net_text", "parse_solver_text",
-           "fold_pool_dialect", "read_text_file", "format_text", "write_prototxt", "atomic_write"]
+           "fold_pool_dialect", "read_text_file", "format_text", "write_prototxt"]

@@ -1,0 +1,100 @@
+"""Helpers shared by the single-layer tests: build one layer, build an oracle net, compare."""
+from __future__ import annotations
+
+import importlib
+from typing import Dict, Iterable, Mapping, Sequence, Tuple
+
+import numpy as np
+import torch
+from google.protobuf import text_format
+
+from caffe_compat.proto import caffe_pb2
+
+
+def layer_param(text: str) -> "caffe_pb2.LayerParameter":
+    """A LayerParameter from prototxt text (the body of ``layer { ... }``)."""
+    lp = caffe_pb2.LayerParameter()
+    text_format.Parse(text, lp)
+    return lp
+
+
+def make_layer(type_name: str, body: str, bottom_shapes: Sequence[Sequence[int]],
+               phase: str = "TEST", name: str = "L", module: str | None = None,
+               n_tops: int = 1):
+    """Build the registered implementation of ``type_name`` for one layer.
+
+    ``body`` is the rest of the layer text (``pooling_param { ... }`` etc.);
+    ``module`` is imported first so the type is registered even before the
+    package imports every layer module itself.
+    """
+    if module:
+        importlib.import_module(f"caffe_compat.layers.{module}")
+    from caffe_compat import layers
+
+    bottoms = "".join(f' bottom: "b{i}"' for i in range(len(bottom_shapes)))
+    tops = "".join(f' top: "t{i}"' for i in range(n_tops))
+    lp = layer_param(f'name: "{name}" type: "{type_name}"{bottoms}{tops} {body}')
+    return layers.get(type_name)(lp, [tuple(s) for s in bottom_shapes], phase)
+
+
+def input_layer(name: str, shape: Sequence[int]) -> str:
+    dims = " ".join(f"dim: {int(d)}" for d in shape)
+    return f'layer {{ name: "{name}" type: "Input" top: "{name}" input_param {{ shape {{ {dims} }} }} }}\n'
+
+
+def oracle_net(inputs: Mapping[str, Sequence[int]], layers_text: Iterable[str]) -> str:
+    """A force_backward net: one Input layer per entry of ``inputs``, then ``layers_text``."""
+    out = 'name: "oracle"\nforce_backward: true\n'
+    for n, s in inputs.items():
+        out += input_layer(n, s)
+    for t in layers_text:
+        out += t if t.endswith("\n") else t + "\n"
+    return out
+
+
+def for_oracle(body: str) -> str:
+    """Rewrite BVLC ``round_mode`` into the oracle fork's field-13 dialect (``ceil_mode``)."""
+    return body.replace("round_mode: FLOOR", "ceil_mode: false").replace("round_mode: CEIL", "ceil_mode: true")
+
+
+def rng(seed: int = 0) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def randn(shape: Sequence[int], seed: int = 0, scale: float = 1.0) -> np.ndarray:
+    return (rng(seed).standard_normal(tuple(shape)) * scale).astype(np.float32)
+
+
+def t(a: np.ndarray, grad: bool = False) -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+    return x.requires_grad_(grad)
+
+
+def assert_close(got, want, rtol: float = 1e-5, atol: float = 1e-6, what: str = "") -> None:
+    """|got - want| <= atol + rtol*|want| elementwise, NaNs in the same places, shapes equal."""
+    got = got.detach().cpu().numpy() if isinstance(got, torch.Tensor) else np.asarray(got)
+    want = np.asarray(want)
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
+    np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64),
+                               rtol=rtol, atol=atol, equal_nan=True, err_msg=what)
+
+
+def run_layer(layer, bottoms: Sequence[np.ndarray], top_diffs: Sequence[np.ndarray] | None = None
+              ) -> Tuple[list, list, list]:
+    """Forward (+ backward when ``top_diffs``) of one layer: (tops, bottom grads, param grads)."""
+    xs = [t(b, grad=top_diffs is not None) for b in bottoms]
+    out = layer(*xs)
+    tops = list(out) if isinstance(out, tuple) else [out]
+    if top_diffs is None:
+        return [o.detach().numpy() for o in tops], [], []
+    for p in layer.parameters():
+        p.grad = None
+    pairs = [(o, t(d)) for o, d in zip(tops, top_diffs) if d is not None and o.requires_grad]
+    torch.autograd.backward([o for o, _ in pairs], [d for _, d in pairs])
+    gx = [x.grad.numpy() if x.grad is not None else np.zeros_like(b) for x, b in zip(xs, bottoms)]
+    gp = [p.grad.numpy() if p.grad is not None else np.zeros(tuple(p.shape), np.float32)
+          for p in layer.blobs]
+    return [o.detach().numpy() for o in tops], gx, gp
+
+
+Blobs = Dict[str, np.ndarray]

@@ -193,6 +193,8 @@ class Net(nn.Module):
         self.loss_weights: "OrderedDict[str, float]" = OrderedDict()
         self.blob_shapes: "OrderedDict[str, Tuple[int, ...]]" = OrderedDict()
         self._steps: List[_Step] = []
+        self.layer_params_proto: List = []   # the kept LayerParameters, in net order
+        self.given_input_shapes = dict(input_shapes)
         self._layer_params: List[List[nn.Parameter]] = []
         self._learnable: List[nn.Parameter] = []
         self.param_info: List[dict] = []  # one per learnable param: layer, index, name, lr/decay
@@ -272,6 +274,7 @@ class Net(nn.Module):
             self._append_params(lp, module, owners, where)
             self.layer_modules[key] = module
             self.layer_names.append(lp.name)
+            self.layer_params_proto.append(lp)
             self.layer_types.append(lp.type)
             self.bottom_names.setdefault(lp.name, list(lp.bottom))
             self.top_names.setdefault(lp.name, list(lp.top))

@@ -515,6 +515,10 @@ def _layer_size(pre: bytes, blobs: List[_BlobOut], post: bytes) -> int:
 
 def _write_blob(f, b: _BlobOut) -> None:
     f.write(wire.len_header(V2_BLOBS, b.size))
+    _write_blob_body(f, b)
+
+
+def _write_blob_body(f, b: _BlobOut) -> None:
     f.write(b.head)
     if isinstance(b.payload, np.ndarray):
         arr = np.ascontiguousarray(b.payload, dtype=F32)  # a copy only if not already <f4, C order
@@ -605,3 +609,248 @@ def write_caffemodel(path: str, net, blobs: Optional[Mapping[str, Sequence[np.nd
                 _write_blob(f, b)
             f.write(post)
     return total
+
+
+def _write_blobs_file(path: str, pieces: Sequence, max_bytes: int) -> int:
+    """Write a message made of raw byte pieces and (field number, _BlobOut) blobs, atomically."""
+    total = sum(len(p) if isinstance(p, bytes) else wire.len_field_size(p[0], p[1].size)
+                for p in pieces)
+    _check_size(total, path, max_bytes)
+    with atomic_output(path) as f:
+        for p in pieces:
+            if isinstance(p, bytes):
+                f.write(p)
+            else:
+                number, b = p
+                f.write(wire.len_header(number, b.size))
+                _write_blob_body(f, b)
+    return total
+
+
+# ================================================================ solverstate
+
+SS_ITER, SS_LEARNED_NET, SS_HISTORY, SS_CURRENT_STEP = 1, 2, 3, 4
+
+
+@dataclass
+class SolverState:
+    """``SolverState`` (caffe.proto): iteration, weights file, per-param history, lr step."""
+
+    iter: int = 0
+    learned_net: str = ""
+    history: List[np.ndarray] = field(default_factory=list)
+    current_step: int = 0
+
+
+def parse_solverstate(buf, path: Optional[str] = None) -> SolverState:
+    """Decode a binary SolverState; ``history`` arrays may be read-only views of ``buf``."""
+    st = SolverState()
+    for number, wt, a, b, tag_at in wire.iter_fields(buf, 0, len(buf), path):
+        expect = {SS_ITER: VARINT, SS_CURRENT_STEP: VARINT, SS_LEARNED_NET: LEN, SS_HISTORY: LEN}.get(number)
+        if expect is None:
+            continue  # unknown field: skipped, as protobuf does
+        if wt != expect:
+            raise WireFormatError(f"SolverState field {number} has wire type {wt}; expected {expect}",
+                                  path, f"byte {tag_at}")
+        if number == SS_ITER:
+            st.iter = wire.as_int32(a)
+        elif number == SS_CURRENT_STEP:
+            st.current_step = wire.as_int32(a)
+        elif number == SS_LEARNED_NET:
+            st.learned_net = wire.read_string(buf, a, b)
+        else:
+            st.history.append(decode_blob(buf, a, b, path, f"history blob {len(st.history)}").data)
+    return st
+
+
+def read_solverstate(path: str) -> SolverState:
+    """Read a ``.solverstate`` written by Caffe's SGD-family solvers (binary proto form)."""
+    return parse_solverstate(_map_file(path), path)
+
+
+def write_solverstate(path: str, state: SolverState, *, max_bytes: int = CAFFE_MAX_BYTES) -> int:
+    """Write ``state`` atomically; all four fields are written, as Caffe's snapshot sets them all."""
+    pieces: list = [wire.field_varint(SS_ITER, state.iter),
+                    wire.field_bytes(SS_LEARNED_NET, state.learned_net.encode("utf-8"))]
+    pieces += [(SS_HISTORY, _blob_out(h, f"history blob {i}")) for i, h in enumerate(state.history)]
+    pieces.append(wire.field_varint(SS_CURRENT_STEP, state.current_step))
+    return _write_blobs_file(path, pieces, max_bytes)
+
+
+# ================================================================ binaryproto (mean files)
+
+def parse_blobproto(buf, path: Optional[str] = None) -> np.ndarray:
+    """Decode one ``BlobProto`` into a writable float32 array shaped as Caffe would."""
+    arr = decode_blob(buf, 0, len(buf), path, "blob").data
+    return arr.copy() if not arr.flags.writeable else arr
+
+
+def read_blobproto(path: str) -> np.ndarray:
+    """Read a ``.binaryproto`` mean file (small: read whole, returned writable)."""
+    with open(path, "rb") as f:
+        return parse_blobproto(f.read(), path)
+
+
+def encode_blobproto(array, *, legacy_4d: bool = False) -> bytes:
+    """``BlobProto`` bytes for ``array``: ``shape`` + packed ``data``, like ``Blob::ToProto``.
+
+    ``legacy_4d`` writes num/channels/height/width instead (right-aligned,
+    padded with 1), the form ``tools/compute_image_mean.cpp`` produces.
+    """
+    arr = np.ascontiguousarray(array, dtype=F32)
+    if not legacy_4d:
+        b = _blob_out(arr, "blob")
+        return b.head + arr.tobytes() + b.tail
+    if arr.ndim > 4:
+        raise UnsupportedParameter(f"legacy 4-D blob dims cannot hold shape {list(arr.shape)}")
+    dims = (1,) * (4 - arr.ndim) + arr.shape
+    out = b"".join(wire.field_varint(k, d) for k, d in zip((B_NUM, B_CHANNELS, B_HEIGHT, B_WIDTH), dims))
+    return out + (wire.field_bytes(B_DATA, arr.tobytes()) if arr.size else b"")
+
+
+def write_blobproto(path: str, array, *, legacy_4d: bool = False) -> None:
+    """Write one blob (e.g. a mean image) as a ``.binaryproto``, atomically."""
+    data = encode_blobproto(array, legacy_4d=legacy_4d)
+    _check_size(len(data), path, CAFFE_MAX_BYTES)
+    with atomic_output(path) as f:
+        f.write(data)
+
+
+# ================================================================ Datum
+
+D_CHANNELS, D_HEIGHT, D_WIDTH, D_DATA, D_LABEL, D_FLOAT, D_ENCODED = 1, 2, 3, 4, 5, 6, 7
+
+
+@dataclass
+class Datum:
+    """One ``Datum`` (the LMDB/LevelDB record of Caffe's data layers)."""
+
+    channels: int = 0
+    height: int = 0
+    width: int = 0
+    data: bytes = b""                 # raw uint8 C*H*W, or an encoded image when ``encoded``
+    label: Optional[int] = None
+    float_data: Optional[np.ndarray] = None
+    encoded: bool = False
+
+    def to_array(self) -> np.ndarray:
+        """The pixels as C x H x W: uint8 from ``data``, else float32 from ``float_data``.
+
+        Mirrors DataTransformer's reading order (src/caffe/data_transformer.cpp):
+        ``data`` if non-empty, otherwise ``float_data``.  Encoded images must
+        be decoded by the caller (e.g. ``cv2.imdecode``).
+        """
+        if self.encoded:
+            raise UnsupportedParameter("Datum holds an encoded image; decode its bytes (cv2.imdecode)")
+        shape = (self.channels, self.height, self.width)
+        n = math.prod(shape)
+        src = np.frombuffer(self.data, dtype=np.uint8) if self.data else (
+            self.float_data if self.float_data is not None else np.zeros(0, np.float32))
+        if src.size != n or min(shape) < 0:
+            raise BadPayload(f"Datum is {self.channels}x{self.height}x{self.width} ({n} values) "
+                             f"but holds {src.size}")
+        return src.reshape(shape)
+
+
+def encode_datum(data, label: Optional[int] = None, *, encoded: bool = False,
+                 shape: Optional[Tuple[int, int, int]] = None) -> bytes:
+    """Serialize a Datum byte-for-byte as protobuf would.
+
+    ``data``: a C x H x W uint8 array (stored in ``data``), a float array
+    (stored in unpacked ``float_data``, as caffe.proto declares it), or bytes
+    with ``encoded=True`` (an image file passed through; ``shape`` optional).
+    """
+    out = []
+    if encoded or isinstance(data, (bytes, bytearray, memoryview)):
+        payload = bytes(data)
+        dims = shape
+    else:
+        arr = np.asarray(data)
+        if arr.ndim != 3:
+            raise UnsupportedParameter(f"Datum needs a C x H x W array, got shape {list(arr.shape)}")
+        dims = arr.shape
+        payload = np.ascontiguousarray(arr).tobytes() if arr.dtype == np.uint8 else None
+        floats = None if payload is not None else np.ascontiguousarray(arr, dtype=F32).reshape(-1)
+    if dims is not None:
+        out += [wire.field_varint(k, d) for k, d in zip((D_CHANNELS, D_HEIGHT, D_WIDTH), dims)]
+    if payload is not None:
+        out.append(wire.field_bytes(D_DATA, payload))
+    if label is not None:
+        out.append(wire.field_varint(D_LABEL, label))
+    if payload is None:
+        # unpacked repeated float: a 1-byte tag before every value, built without a Python loop
+        rec = np.empty((floats.size, 5), dtype=np.uint8)
+        rec[:, 0] = (D_FLOAT << 3) | I32
+        rec[:, 1:] = floats.view(np.uint8).reshape(-1, 4)
+        out.append(rec.tobytes())
+    if encoded:
+        out.append(wire.field_varint(D_ENCODED, 1))
+    return b"".join(out)
+
+
+def decode_datum(buf, path: Optional[str] = None) -> Datum:
+    """Parse Datum bytes (as stored in an LMDB value)."""
+    d = Datum()
+    floats = _Runs()
+    pos, end = 0, len(buf)
+    while pos < end:
+        f = wire.read_field(buf, pos, end, path)
+        number, wt, a, b, tag_at = f
+        pos = b
+        if number == D_FLOAT:
+            pos = _add_run(floats, buf, f, end, path, "float_data")
+        elif number == D_DATA:
+            if wt != LEN:
+                raise WireFormatError(f"Datum.data has wire type {wt}; expected 2", path, f"byte {tag_at}")
+            d.data = bytes(buf[a:b])
+        elif number in (D_CHANNELS, D_HEIGHT, D_WIDTH, D_LABEL, D_ENCODED):
+            if wt != VARINT:
+                raise WireFormatError(f"Datum field {number} has wire type {wt}; expected 0",
+                                      path, f"byte {tag_at}")
+            v = wire.as_int32(a)
+            if number == D_ENCODED:
+                d.encoded = bool(a)
+            else:
+                setattr(d, {D_CHANNELS: "channels", D_HEIGHT: "height", D_WIDTH: "width",
+                            D_LABEL: "label"}[number], v)
+    if floats.count:
+        d.float_data = _materialize(buf, floats).copy()
+    return d
+
+
+# ================================================================ sniffing
+
+# message -> {field number: allowed wire types}; enough to tell Caffe's binary kinds apart
+_SHAPES = {
+    "caffemodel": {1: {LEN}, 2: {LEN}, 3: {LEN}, 4: {VARINT, LEN}, 5: {VARINT}, 6: {LEN},
+                   7: {VARINT}, 8: {LEN}, 100: {LEN}},
+    "solverstate": {1: {VARINT}, 2: {LEN}, 3: {LEN}, 4: {VARINT}},
+    "binaryproto": {1: {VARINT}, 2: {VARINT}, 3: {VARINT}, 4: {VARINT}, 5: {LEN, I32},
+                    6: {LEN, I32}, 7: {LEN}, 8: {LEN, I64}, 9: {LEN, I64}, 10: {VARINT}, 12: {LEN}},
+    "datum": {1: {VARINT}, 2: {VARINT}, 3: {VARINT}, 4: {LEN}, 5: {VARINT}, 6: {LEN, I32},
+              7: {VARINT}},
+}
+# fields that, when present, single a kind out
+_DECISIVE = {"caffemodel": {100, 2}, "solverstate": {3}, "binaryproto": {5, 7, 8}, "datum": {4}}
+
+
+def sniff_binary(buf, max_fields: int = 64) -> List[str]:
+    """Which Caffe binary kinds the top-level fields of ``buf`` are consistent with.
+
+    Looks at up to ``max_fields`` fields (no payload is decoded) and returns
+    the consistent kinds, most likely first: a kind whose decisive field
+    (caffemodel 100/2, solverstate 3, binaryproto 5/7/8, datum 4) is present
+    ranks first.  ``[]`` means not a Caffe protobuf at all; several entries
+    mean the bytes are ambiguous (an empty file is every kind).
+    """
+    seen: Dict[int, set] = {}
+    try:
+        for i, (number, wt, *_rest) in enumerate(wire.iter_fields(buf, 0, len(buf))):
+            seen.setdefault(number, set()).add(wt)
+            if i + 1 >= max_fields:
+                break
+    except WireFormatError:
+        return []
+    kinds = [k for k, shape in _SHAPES.items()
+             if all(n in shape and wts <= shape[n] for n, wts in seen.items())]
+    return sorted(kinds, key=lambda k: (not (_DECISIVE[k] & set(seen)), list(_SHAPES).index(k)))

@@ -2,7 +2,8 @@
 
 y = max(x,0) + a_c*min(x,0); dy/dx = (x>0) + a_c*(x<=0); dy/da_c = sum x*(x<=0)*dy over n and space.
 Params (prelu_param): channel_shared (false), filler (default constant 0.25).  The bottom has
-at least 2 axes, channels = axis 1.  One bottom, one top.  Blob: slopes (C,) or (1,) if shared.
+at least 2 axes, channels = axis 1.  One bottom, one top.  Blob: slopes (C,), or a 0-axis
+blob (shape ()) if channel_shared, as Caffe stores it.
 """
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ class PReLU(_Neuron):
             filler = pp.filler
         else:
             filler = caffe_pb2.FillerParameter(type="constant", value=0.25)
-        self.add_blob((1,) if self.channel_shared else (shape[1],), filler)
+        self.add_blob(() if self.channel_shared else (shape[1],), filler)
 
     def forward(self, x):
         # F.prelu's backward takes the slope branch at x == 0, like Caffe's (x <= 0).
-        return F.prelu(x, self.blobs[0])
+        return F.prelu(x, self.blobs[0].reshape(-1))

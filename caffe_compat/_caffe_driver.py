@@ -1,6 +1,9 @@
-"""The half of the oracle harness that runs inside the oracle's own Python.
+"""The half of the real-Caffe runner that lives inside the oracle's own Python.
 
-``tests/_oracle.py`` starts ``<oracle python> _oracle_driver.py REQUEST.json``.
+``caffe_compat.parity.caffe_forward`` (and through it ``tests/_oracle.py``)
+starts ``<oracle python> -I _caffe_driver.py REQUEST.json``; ``-I`` keeps this
+folder off ``sys.path`` (its ``io.py`` etc. must not shadow anything), and
+this file imports nothing from caffekt: the oracle's venv does not have it.
 The request names a prototxt, an ``.npz`` of arrays to load and an ``.npz`` to
 write.  Array keys are ``kind|name`` (``param|conv1|0``, ``input|data``,
 ``topdiff|prob``); result keys are ``data|blob``, ``diff|blob``,

@@ -13,27 +13,14 @@ imported by the backend that needs them.
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .caffe_oracle import to_ceil_mode_text
 from .errors import UnsupportedParameter
 from .prototxt import format_text, parse_net_text
-
-_ROUND_MODE = re.compile(r"\bround_mode\s*:\s*(CEIL|FLOOR)\b")
-
-
-def to_ceil_mode_text(prototxt_text: str) -> str:
-    """BVLC's ``round_mode: CEIL|FLOOR`` spelled as the fork's ``ceil_mode: true|false``.
-
-    Both the real-Caffe oracle (inisis fork, field 13 is ``ceil_mode``) and
-    OpenCV's Caffe importer reject ``round_mode``.
-    """
-    return _ROUND_MODE.sub(lambda m: "ceil_mode: " + ("true" if m.group(1) == "CEIL" else "false"),
-                           prototxt_text)
-
 
 # ---------------------------------------------------------------- OpenCV dnn
 

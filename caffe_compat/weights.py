@@ -142,8 +142,9 @@ def copy_trained_layers(net, source, strict: bool = True) -> LoadReport:
             continue
         for p, a in zip(blobs, arrays):
             _copy_into(p, a)
-        report.copied.append(name)
-        loaded.add(name)
+        if arrays:  # blob-less layers match trivially; not worth listing
+            report.copied.append(name)
+            loaded.add(name)
     report.untouched = [n for n, ps in targets.items() if ps and n not in loaded]
     return report
 

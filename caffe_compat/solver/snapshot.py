@@ -1,7 +1,8 @@
 """Snapshots as Caffe names and writes them (Solver::Snapshot, SGDSolver::SnapshotSolverState).
 
-``<prefix>_iter_<N>.caffemodel`` (``Net::ToProto``: every layer of the train
-net with its blobs; layers sharing a param each hold a copy) and
+``<prefix>_iter_<N>.caffemodel`` (``Net::ToProto``, written by
+``weights.save_caffemodel``: every layer of the train net with its blobs;
+layers sharing a param each hold a copy) and
 ``<prefix>_iter_<N>.solverstate`` (iter, learned_net = the caffemodel path as
 written, history in ``learnable_params`` order, current_step).
 
@@ -24,7 +25,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from ..binary import SolverState, atomic_output, read_solverstate, write_caffemodel, write_solverstate
+from ..binary import SolverState, atomic_output, read_solverstate, write_solverstate
 from ..errors import CaffeFormatError, ShapeError
 
 SIDE_JSON = ".caffekt.json"
@@ -35,15 +36,6 @@ SIDE_VERSION = 1
 def snapshot_filename(prefix: str, it: int, extension: str) -> str:
     """prefix + "_iter_" + iter + extension (Solver::SnapshotFilename, solver.cpp)."""
     return f"{prefix}_iter_{int(it)}{extension}"
-
-
-def write_model(path: str, net_param, net) -> int:
-    """The train net's weights as a caffemodel (``Net::ToProto``, without diffs)."""
-    blobs = {}
-    for name, ps in net.blobs_by_layer.items():
-        if ps:
-            blobs[name] = [p.detach().cpu().numpy() for p in ps]
-    return write_caffemodel(path, net_param, blobs)
 
 
 def write_state(path: str, it: int, learned_net: str, history: List[torch.Tensor], current_step: int) -> int:
@@ -95,9 +87,29 @@ def _restore_rng(meta: Dict[str, Any], arrays: Dict[str, np.ndarray]) -> None:
     random.setstate((p["version"], tuple(int(v) for v in arrays["python_state"]), p["gauss_next"]))
 
 
-def write_side(state_path: str, extra: Dict[str, Any]) -> None:
-    """``extra`` must be JSON-able; RNG states are added here."""
+def _module_generators(net) -> Dict[str, Tuple[Any, Any, torch.Generator]]:
+    """Every ``torch.Generator`` a layer keeps (directly or in a dict keyed by device), by a
+    stable name: layers like Dropout draw from their own generators, not the global one."""
+    out = {}
+    for mname, m in net.named_modules():
+        for attr, v in vars(m).items():
+            if isinstance(v, torch.Generator):
+                out[f"{mname}:{attr}"] = (m, attr, v)
+            elif isinstance(v, dict):
+                for k, g in v.items():
+                    if isinstance(g, torch.Generator) and isinstance(k, str):
+                        out[f"{mname}:{attr}[{k}]"] = (m, (attr, k), g)
+    return out
+
+
+def write_side(state_path: str, extra: Dict[str, Any], net=None) -> None:
+    """``extra`` must be JSON-able; global and per-layer RNG states are added here."""
     meta, arrays = _capture_rng()
+    if net is not None:
+        gens = _module_generators(net)
+        meta["modules"] = sorted(gens)
+        for i, key in enumerate(meta["modules"]):
+            arrays[f"module_rng_{i}"] = gens[key][2].get_state().numpy()
     doc = {"format": "caffekt-solver-side", "version": SIDE_VERSION, "rng": meta, **extra}
     with atomic_output(state_path + SIDE_NPZ) as f:
         np.savez(f, **arrays)
@@ -105,7 +117,29 @@ def write_side(state_path: str, extra: Dict[str, Any]) -> None:
         f.write(json.dumps(doc, indent=1, sort_keys=True).encode("utf-8"))
 
 
-def read_side(state_path: str, restore_rng: bool = True) -> Optional[Dict[str, Any]]:
+def _restore_module_rng(net, names, arrays) -> None:
+    have = _module_generators(net)
+    modules = dict(net.named_modules())
+    for i, key in enumerate(names):
+        state = torch.from_numpy(np.array(arrays[f"module_rng_{i}"], dtype=np.uint8))
+        if key in have:
+            have[key][2].set_state(state)
+            continue
+        # a generator made lazily on first use (e.g. per device): create it now
+        mname, rest = key.split(":", 1)
+        m = modules.get(mname)
+        if m is None or "[" not in rest:
+            raise CaffeFormatError(f"side file names layer generator {key!r}, which this net lacks")
+        attr, dev = rest[:-1].split("[", 1)
+        table = getattr(m, attr, None)
+        if not isinstance(table, dict):
+            raise CaffeFormatError(f"side file names layer generator {key!r}, which this net lacks")
+        g = torch.Generator(device=dev)
+        g.set_state(state)
+        table[dev] = g
+
+
+def read_side(state_path: str, restore_rng: bool = True, net=None) -> Optional[Dict[str, Any]]:
     """The side document (RNG states restored), or None with a warning when absent."""
     jpath, npath = state_path + SIDE_JSON, state_path + SIDE_NPZ
     if not (os.path.isfile(jpath) and os.path.isfile(npath)):
@@ -123,4 +157,6 @@ def read_side(state_path: str, restore_rng: bool = True) -> Optional[Dict[str, A
         raise CaffeFormatError(f"not a caffekt solver side file version {SIDE_VERSION}", jpath)
     if restore_rng:
         _restore_rng(doc["rng"], arrays)
+        if net is not None:
+            _restore_module_rng(net, doc["rng"].get("modules", []), arrays)
     return doc

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import UnsupportedParameter
+from ..weights import copy_trained_layers, save_caffemodel
 from . import snapshot as snap
 from .lr_policy import check_lr_policy, learning_rate
 from .settings import f32, from_proto
@@ -45,31 +46,16 @@ def _call_feed(feed: Feed) -> Mapping[str, torch.Tensor]:
     return feed
 
 
-def train_net_param(net_param, level: int = 0, stages: Sequence[str] = ()):
-    """What ``Net::ToProto`` writes for the TRAIN net: its name and the kept layers, phase set."""
-    from ..net import PHASES, filter_layers
-    from ..proto import caffe_pb2
-    out = caffe_pb2.NetParameter()
-    out.name = net_param.name
-    for lp in filter_layers(net_param, PHASES["TRAIN"], level, list(net_param.state.stage) + list(stages)):
-        layer = out.layer.add()
-        layer.CopyFrom(lp)
-        if not layer.HasField("phase"):
-            layer.phase = caffe_pb2.TRAIN
-    return out
-
-
 class Solver:
     """Caffe's SGD-family solver.
 
     ``param``: a ``SolverParameter`` (upgraded; ``snapshot_prefix`` resolved).
-    ``net``: the TRAIN ``Net``.  ``net_param``: the NetParameter it was built
-    from (needed to write .caffemodel snapshots).  ``test_nets``: list of
+    ``net``: the TRAIN ``Net``.  ``test_nets``: list of
     ``(net, feed)`` in test_iter order.  ``callbacks``: called after every
     iteration with ``(solver, loss)``; ``solver.rate`` is the lr just used.
     """
 
-    def __init__(self, param, net, feed: Feed = None, *, net_param=None,
+    def __init__(self, param, net, feed: Feed = None, *,
                  test_nets: Sequence[tuple] = (), callbacks: Sequence[Callback] = (),
                  where: Optional[str] = None):
         self.param = param
@@ -95,7 +81,6 @@ class Solver:
             np.random.seed(int(param.random_seed) % 2 ** 32)
         self.net = net
         self.feed = feed
-        self.net_param = net_param
         self.test_nets = list(test_nets)
         self.callbacks = list(callbacks)
         self.params: List[torch.Tensor] = list(net.learnable_params())
@@ -261,17 +246,15 @@ class Solver:
 
     def snapshot(self) -> tuple:
         """Solver::Snapshot: the caffemodel, then the solverstate (naming it), then side files."""
-        if self.net_param is None:
-            raise UnsupportedParameter("Solver was built without net_param; cannot write a caffemodel")
         model, state = self.snapshot_paths()
         log.info("Snapshotting to binary proto file %s", model)
-        snap.write_model(model, self.net_param, self.net)
+        save_caffemodel(self.net, model)
         snap.write_state(state, self.iter, model, self.history, self.current_step)
         extra: Dict[str, Any] = {"iter": self.iter, "current_step": self.current_step,
                                  "losses": list(self.losses), "smoothed_loss": self.smoothed_loss}
         if hasattr(self.feed, "state_dict"):
             extra["feed"] = self.feed.state_dict()
-        snap.write_side(state, extra)
+        snap.write_side(state, extra, self.net)
         return model, state
 
     def restore(self, state_file: str) -> None:
@@ -284,13 +267,12 @@ class Solver:
         st = snap.read_state(state_file, self.params, history_size(self.s.type, len(self.params)))
         self.iter = st.iter
         if st.learned_net:
-            from ..weights import copy_trained_layers
             copy_trained_layers(self.net, _locate(st.learned_net, state_file))
         self.current_step = st.current_step
         with torch.no_grad():
             for h, a in zip(self.history, st.history):
                 h.copy_(torch.from_numpy(np.array(a, dtype=np.float32)).reshape(h.shape))
-        side = snap.read_side(state_file)
+        side = snap.read_side(state_file, net=self.net)
         if side is not None:
             self.losses = [float(x) for x in side.get("losses", [])]
             self.smoothed_loss = float(side.get("smoothed_loss", 0.0))

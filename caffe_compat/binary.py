@@ -104,7 +104,8 @@ def _materialize(buf, runs: _Runs) -> np.ndarray:
             rec = np.frombuffer(buf, dtype=np.uint8, count=n * stride, offset=off).reshape(n, stride)
             out[i:i + n] = rec[:, 1:].copy().view(dt).ravel()
         else:
-            out[i:i + n] = np.frombuffer(buf, dtype=dt, count=n, offset=off)
+            with np.errstate(over="ignore"):  # doubles beyond float32 become inf, as in Caffe's cast
+                out[i:i + n] = np.frombuffer(buf, dtype=dt, count=n, offset=off)
         i += n
     return out
 
@@ -203,13 +204,14 @@ def _decode_raw(buf, span, raw_type, path, where) -> np.ndarray:
         raise BadPayload(f"{where}: raw_data of type {name}; expected FLOAT16, FLOAT or DOUBLE", path)
     if (b - a) % dt.itemsize:
         raise BadPayload(f"{where}: raw_data has {b - a} bytes, not a multiple of {dt.itemsize}", path)
-    return np.frombuffer(buf, dtype=dt, count=(b - a) // dt.itemsize, offset=a).astype(np.float32)
+    with np.errstate(over="ignore"):
+        return np.frombuffer(buf, dtype=dt, count=(b - a) // dt.itemsize, offset=a).astype(np.float32)
 
 
 def count_nonfinite(arr: np.ndarray) -> int:
     """Number of NaN/Inf values, without allocating an array-sized mask in the usual case."""
-    if arr.size == 0 or np.isfinite(arr.sum(dtype=np.float64)):
-        return 0  # a NaN or Inf anywhere makes the (float64, so non-overflowing) sum non-finite
+    if arr.size == 0 or np.isfinite(arr.sum()):
+        return 0  # a NaN or Inf anywhere makes the sum non-finite (an overflow is recounted below)
     flat = arr.reshape(-1)
     step = 1 << 20
     return sum(int(flat[i:i + step].size - np.count_nonzero(np.isfinite(flat[i:i + step])))

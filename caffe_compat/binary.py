@@ -210,7 +210,9 @@ def _decode_raw(buf, span, raw_type, path, where) -> np.ndarray:
 
 def count_nonfinite(arr: np.ndarray) -> int:
     """Number of NaN/Inf values, without allocating an array-sized mask in the usual case."""
-    if arr.size == 0 or np.isfinite(arr.sum()):
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = arr.sum() if arr.size else 0.0
+    if np.isfinite(total):
         return 0  # a NaN or Inf anywhere makes the sum non-finite (an overflow is recounted below)
     flat = arr.reshape(-1)
     step = 1 << 20

@@ -98,3 +98,61 @@ def run_layer(layer, bottoms: Sequence[np.ndarray], top_diffs: Sequence[np.ndarr
 
 
 Blobs = Dict[str, np.ndarray]
+
+
+class Case:
+    """One layer configuration checked against real Caffe by ``oracle_check``.
+
+    ``bottoms``: arrays fed as Input blobs; ``params``: blob values copied into both our
+    layer and Caffe's (None: ours are copied into Caffe); ``top_diff``: whether backward runs.
+    """
+
+    def __init__(self, name, type_name, body, bottoms, params=None, backward=True,
+                 rtol=1e-5, atol=1e-6, oracle_body=None):
+        self.name, self.type_name, self.body = name, type_name, body
+        self.bottoms, self.params, self.backward = bottoms, params, backward
+        self.rtol, self.atol = rtol, atol
+        self.oracle_body = oracle_body if oracle_body is not None else for_oracle(body)
+
+
+def oracle_check(cases, phase: str = "TEST", force_backward: bool = True, seed: int = 100):
+    """Run every case in ONE real-Caffe net and compare forward, bottom and param diffs.
+
+    Returns {case name: (ours, caffe)} for extra assertions by the caller.
+    """
+    import _oracle
+
+    inputs, layers, feeds, diffs, params, ours = {}, [], {}, {}, {}, {}
+    for i, c in enumerate(cases):
+        names = [f"c{i}_b{j}" for j in range(len(c.bottoms))]
+        for n, b in zip(names, c.bottoms):
+            inputs[n] = b.shape
+            feeds[n] = b
+        bl = " ".join(f'bottom: "{n}"' for n in names)
+        layers.append(f'layer {{ name: "c{i}" type: "{c.type_name}" {bl} top: "c{i}_t" {c.oracle_body} }}')
+        layer = make_layer(c.type_name, c.body, [b.shape for b in c.bottoms], phase=phase, name=f"c{i}")
+        if c.params is not None:
+            for p, v in zip(layer.blobs, c.params):
+                p.data.copy_(torch.from_numpy(np.asarray(v, np.float32)).reshape(p.shape))
+        if len(layer.blobs):
+            params[f"c{i}"] = [p.detach().numpy().copy() for p in layer.blobs]
+        g = randn(layer.top_shapes[0], seed=seed + i) if c.backward else None
+        if g is not None:
+            diffs[f"c{i}_t"] = g
+        ours[c.name] = (layer,) + run_layer(layer, c.bottoms, [g] if g is not None else None)
+    net = oracle_net(inputs, layers)
+    if not force_backward:
+        net = net.replace("force_backward: true\n", "")
+    res = _oracle.caffe_run(net, params=params, inputs=feeds, top_diffs=diffs or None, phase=phase)
+    for i, c in enumerate(cases):
+        layer, tops, gx, gp = ours[c.name]
+        assert_close(tops[0], res["data"][f"c{i}_t"], c.rtol, c.atol, f"{c.name} forward")
+        if c.backward:
+            for j, g in enumerate(gx):
+                if force_backward:
+                    assert_close(g, res["diff"][f"c{i}_b{j}"], c.rtol, c.atol, f"{c.name} bottom[{j}] diff")
+            for j, g in enumerate(gp):
+                assert_close(g, res["param_diffs"][f"c{i}/{j}"], c.rtol, c.atol, f"{c.name} param[{j}] diff")
+        for j, p in enumerate(layer.blobs):  # stateful layers (BatchNorm) update blobs in forward
+            assert_close(p, res["params"][f"c{i}/{j}"], c.rtol, c.atol, f"{c.name} blob[{j}] after")
+    return {c.name: (ours[c.name], res) for c in cases}

@@ -191,3 +191,20 @@ def test_upgrade_refuses_solverstate(tmp_path):
     binary.write_solverstate(str(st), binary.SolverState(iter=1, learned_net="m"))
     r = caffekt("upgrade", str(st), str(tmp_path / "o"))
     assert r.returncode == 2 and "holds a solverstate file" in r.stderr
+
+
+def test_inspect_infers_prototxt_blob_shapes(tmp_path):
+    pytest.importorskip("caffe_compat.net")
+    p = tmp_path / "c.prototxt"
+    p.write_text(
+        'layer { name: "in" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }\n'
+        'layer { name: "c" type: "Convolution" bottom: "data" top: "c"\n'
+        '        convolution_param { num_output: 6 kernel_size: 3 group: 3 } }\n'
+        'layer { name: "d" type: "Deconvolution" bottom: "c" top: "d"\n'
+        '        convolution_param { num_output: 4 kernel_size: 2 bias_term: false } }\n')
+    d = inspect_json(str(p))
+    if not d["shapes_inferred"]:
+        pytest.skip(f"net builder cannot build it yet: {d.get('shapes_note')}")
+    # Caffe: conv weight (num_output, C_in/group, kh, kw); deconv weight (C_in, num_output/group, kh, kw)
+    assert [l["blobs"] for l in d["layers"]] == [[], [[6, 1, 3, 3], [6]], [[6, 4, 2, 2]]]
+    assert d["num_params"] == 6 * 9 + 6 + 6 * 4 * 4

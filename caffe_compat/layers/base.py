@@ -43,7 +43,9 @@ class CaffeLayer(nn.Module):
         """Append a learnable blob of ``shape`` filled by ``filler`` (a FillerParameter or None=zeros)."""
         from .fillers import fill
 
-        data = torch.zeros(tuple(int(d) for d in shape), dtype=torch.float32)
+        shape = tuple(int(d) for d in shape)
+        # every filler writes each value, so skip zeroing first (half the build time of AlexNet)
+        data = torch.zeros(shape) if filler is None else torch.empty(shape, dtype=torch.float32)
         if filler is not None:
             fill(data, filler, layer_name=self.layer_name)
         p = nn.Parameter(data)

@@ -124,7 +124,10 @@ class DataTransformer:
             self.mean_source = self.mean_source or "<mean array>"
         elif p.HasField("mean_file"):
             from ..binary import read_blobproto
-            self.mean_blob = read_blobproto(p.mean_file)
+            try:
+                self.mean_blob = read_blobproto(p.mean_file)
+            except OSError as e:
+                raise CaffeFormatError(f"cannot read mean_file ({e.strerror})", p.mean_file) from None
         self.seed = seed
         self.rng = np.random.default_rng(seed)
 

@@ -62,11 +62,12 @@ def rng(seed: int = 0) -> np.random.Generator:
 
 
 def randn(shape: Sequence[int], seed: int = 0, scale: float = 1.0) -> np.ndarray:
-    return (rng(seed).standard_normal(tuple(shape)) * scale).astype(np.float32)
+    return np.asarray(rng(seed).standard_normal(tuple(shape)) * scale, dtype=np.float32)
 
 
 def t(a: np.ndarray, grad: bool = False) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+    # reshape: ascontiguousarray turns a 0-d array (a loss top's diff) into shape (1,)
+    x = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32).reshape(np.shape(a)))
     return x.requires_grad_(grad)
 
 

@@ -1,7 +1,8 @@
 """Eltwise: mirrors src/caffe/layers/eltwise_layer.cpp (BVLC/caffe 9b89154).
 
-PROD: y = prod_i x_i; SUM (default): y = sum_i coeff_i * x_i; MAX: y = max_i x_i, where the
-first bottom holding the maximum wins (strict >) and alone receives the gradient.
+PROD: y = prod_i x_i; SUM (default): y = sum_i coeff_i * x_i; MAX: y = max_i x_i, and only the
+winning bottom receives the gradient: a tie of bottoms 0 and 1 goes to bottom 1 (Caffe tests
+a > b), a tie with any later bottom to the earlier one (strict >).
 PROD backward: stable_prod_grad (true) multiplies the other bottoms; false uses dy * y / x_i.
 Params (eltwise_param): operation, coeff (none, or one per bottom; SUM only), stable_prod_grad.
 n >= 2 bottoms of one shape (no broadcast), one top, no blobs.
@@ -11,7 +12,6 @@ from __future__ import annotations
 import torch
 
 from ..proto import caffe_pb2
-from ._grad import straight_through
 from ._params import fail, shape_fail
 from ._registry import register
 from .base import CaffeLayer
@@ -49,8 +49,9 @@ class Eltwise(CaffeLayer):
                 y = y + (x * c if c != 1 else x)
             return y
         if self.op == _OP.MAX:
-            stacked = torch.stack(xs, 0)
-            # argmax returns the first maximal index; gather routes the gradient to it only.
+            # Order (x1, x0, x2, ...) makes "first maximum" reproduce Caffe's tie rule; argmax
+            # returns the first maximal index and gather routes the gradient to it only.
+            stacked = torch.stack((xs[1], xs[0]) + tuple(xs[2:]), 0)
             idx = torch.argmax(stacked, dim=0, keepdim=True)
             return torch.gather(stacked, 0, idx).squeeze(0)
         y = xs[0]
@@ -58,7 +59,23 @@ class Eltwise(CaffeLayer):
             y = y * x
         if self.stable_prod_grad:
             return y
-        # Caffe's unstable form: d/dx_i = dy * y / x_i; the surrogate sum_i x_i * (y/x_i) has that gradient.
-        yd = y.detach()
-        surrogate = sum(x * (yd / x.detach()) for x in xs)
-        return straight_through(y, surrogate)
+        if torch.is_grad_enabled() and any(x.requires_grad for x in xs):
+            return _UnstableProd.apply(*xs)
+        return y
+
+
+class _UnstableProd(torch.autograd.Function):
+    """Product whose backward is Caffe's stable_prod_grad: false form, dx_i = dy * y / x_i."""
+
+    @staticmethod
+    def forward(ctx, *xs):
+        y = xs[0]
+        for x in xs[1:]:
+            y = y * x
+        ctx.save_for_backward(y, *xs)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        y, *xs = ctx.saved_tensors
+        return tuple(gy * y / x for x in xs)

@@ -209,6 +209,24 @@ class ImageFolderSource(_ImageFiles):
 
 # ================================================================ LMDB
 
+_ENVS: dict = {}   # realpath -> (pid, env): py-lmdb allows one open environment per path per process
+
+
+def _shared_env(path: str):
+    import lmdb
+    key = os.path.realpath(path)
+    hit = _ENVS.get(key)
+    if hit is not None and hit[0] == os.getpid():
+        return hit[1]
+    try:
+        env = lmdb.open(path, readonly=True, lock=False, readahead=False, meminit=False,
+                        subdir=True, max_readers=512)
+    except lmdb.Error as e:
+        raise CaffeFormatError(f"cannot open LMDB ({e})", path) from None
+    _ENVS[key] = (os.getpid(), env)
+    return env
+
+
 class LMDBSource:
     """The ``Datum`` records of a Caffe LMDB (as convert_imageset writes them), in key order.
 
@@ -233,12 +251,7 @@ class LMDBSource:
 
     def _open(self):
         if self._env is None or self._pid != os.getpid():
-            import lmdb
-            try:
-                self._env = lmdb.open(self.path, readonly=True, lock=False, readahead=False,
-                                      meminit=False, subdir=True, max_readers=512)
-            except lmdb.Error as e:
-                raise CaffeFormatError(f"cannot open LMDB ({e})", self.path) from None
+            self._env = _shared_env(self.path)
             self._pid = os.getpid()
         return self._env
 
@@ -341,8 +354,12 @@ def _commit(env, pending) -> None:
             env.set_mapsize(env.info()["map_size"] * 2)
 
 
-def write_lmdb_records(path: str, records: Iterable[Tuple[bytes, bytes]], *, commit_every: int = 1000) -> int:
-    """Put (key, value) pairs into a new LMDB at ``path``; written in a temp dir, then renamed into place."""
+def write_lmdb_records(path: str, records: Iterable[Tuple[bytes, bytes]], *, commit_every: int = 1000,
+                       map_size: int = 1 << 26) -> int:
+    """Put (key, value) pairs into a new LMDB at ``path``; written in a temp dir, then renamed into place.
+
+    The map starts at ``map_size`` bytes and doubles whenever a batch does not fit.
+    """
     import lmdb
     if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
         raise FileExistsError(f"{path}: already exists (Caffe's db::NEW refuses it too)")
@@ -350,7 +367,7 @@ def write_lmdb_records(path: str, records: Iterable[Tuple[bytes, bytes]], *, com
     tmp = tempfile.mkdtemp(prefix=".lmdb-", dir=parent)
     count = 0
     try:
-        env = lmdb.open(tmp, map_size=1 << 26, subdir=True, meminit=False)
+        env = lmdb.open(tmp, map_size=map_size, subdir=True, meminit=False)
         try:
             pending: List[Tuple[bytes, bytes]] = []
             for key, value in records:

@@ -24,14 +24,17 @@ ALEXNET = [((96, 3, 11, 11), (96,)), ((256, 48, 5, 5), (256,)), ((384, 256, 3, 3
            ((4096, 4096), (4096,)), ((1000, 4096), (1000,))]
 
 
-def _median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    ts = []
+def _median_times(fns, repeats: int) -> list:
+    """Median seconds per call of each fn, calls interleaved so machine load hits all alike."""
+    for fn in fns:
+        fn()  # warm-up (torch allocates its momentum buffers here)
+    ts = [[] for _ in fns]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+        for fn, out in zip(fns, ts):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return [statistics.median(x) for x in ts]
 
 
 def main(argv=None) -> int:
@@ -65,8 +68,7 @@ def main(argv=None) -> int:
                            {"params": tp[1::2], "lr": 0.02, "weight_decay": 0.0}],
                           lr=0.01, momentum=0.9, foreach=True)
 
-    t_ours = _median_time(ours, a.repeats)
-    t_torch = _median_time(opt.step, a.repeats)
+    t_ours, t_torch = _median_times([ours, opt.step], a.repeats)
     print(f"params: {len(params)} tensors, {n / 1e6:.1f}M floats; torch threads {torch.get_num_threads()}")
     print(f"caffe_compat SGD update : {t_ours * 1e3:8.2f} ms (median of {a.repeats})")
     print(f"torch.optim.SGD foreach : {t_torch * 1e3:8.2f} ms (median of {a.repeats})")

@@ -27,6 +27,8 @@ _API = {
     "upgrade_net": "upgrade", "upgrade_solver": "upgrade",
     # nets
     "load_net": "net", "Net": "net",
+    # training
+    "Solver": "solver", "SolverSettings": "solver",
 }
 
 __all__ = sorted(_API)

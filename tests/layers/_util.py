@@ -143,7 +143,7 @@ def oracle_check(cases, phase: str = "TEST", force_backward: bool = True, seed: 
         ours[c.name] = (layer,) + run_layer(layer, c.bottoms, [g] if g is not None else None)
     net = oracle_net(inputs, layers)
     if not force_backward:
-        net = net.replace("force_backward: true\n", "")
+        net = net.replace("force_backward: true\n", "force_backward: false\n")
     res = _oracle.caffe_run(net, params=params, inputs=feeds, top_diffs=diffs or None, phase=phase)
     for i, c in enumerate(cases):
         layer, tops, gx, gp = ours[c.name]

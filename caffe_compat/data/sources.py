@@ -216,8 +216,12 @@ def _shared_env(path: str):
     import lmdb
     key = os.path.realpath(path)
     hit = _ENVS.get(key)
-    if hit is not None and hit[0] == os.getpid():
-        return hit[1]
+    if hit is not None:
+        if hit[0] == os.getpid():
+            return hit[1]
+        # inherited through fork: unmap the parent's handle here (the parent keeps its own),
+        # else py-lmdb refuses a second open of the same path
+        hit[1].close()
     try:
         env = lmdb.open(path, readonly=True, lock=False, readahead=False, meminit=False,
                         subdir=True, max_readers=512)

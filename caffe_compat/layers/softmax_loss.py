@@ -74,7 +74,6 @@ class InfogainLoss(_SoftmaxLossBase):
         self.mode = self.normalization_mode(VALID, legacy_ok=False)
         self._setup("infogain_loss_param.axis", int(lp.infogain_loss_param.axis))
         c = self.classes
-        self.H = None
         if len(bottom_shapes) < 3:
             ip = lp.infogain_loss_param
             if not ip.HasField("source"):
@@ -93,7 +92,7 @@ class InfogainLoss(_SoftmaxLossBase):
 
     def forward(self, x, label, H=None):
         c = self.classes
-        h = (self.H if H is None else H.detach().reshape(c, c)).to(x.dtype)
+        h = (self.H if H is None else H.detach().reshape(c, c)).to(x.dtype)  # H: buffer or bottom[2]
         z = x.reshape(self.outer, c, self.inner)
         safe, valid = self._labels(label)
         prob = torch.softmax(z, 1)

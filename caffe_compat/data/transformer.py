@@ -25,7 +25,7 @@ stream is not (no bit-for-bit reproduction of a Caffe run's crops).
 from __future__ import annotations
 
 import warnings
-from typing import Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 

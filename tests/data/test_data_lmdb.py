@@ -11,7 +11,7 @@ from caffe_compat.data import DataTransformer, LMDBSource, write_lmdb, write_lmd
 from caffe_compat.errors import CaffeFormatError
 from caffe_compat.proto import caffe_pb2
 
-from _data_images import image_set, write_png
+from _data_images import image_set
 from _data_port import datum_path
 
 cv2 = pytest.importorskip("cv2")

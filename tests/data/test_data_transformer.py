@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from caffe_compat.binary import Datum, encode_blobproto, encode_datum, decode_datum, write_blobproto
+from caffe_compat.binary import Datum, decode_datum, encode_datum, write_blobproto
 from caffe_compat.data import DataTransformer, Draw
 from caffe_compat.errors import CaffeFormatError, ShapeError, UnsupportedParameter
 from caffe_compat.proto import caffe_pb2

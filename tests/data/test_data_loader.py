@@ -123,3 +123,12 @@ def test_uneven_images_without_crop_are_a_shape_error(tmp_path):
     src = ImageListSource(lst, root_folder=str(tmp_path) + "/")
     with pytest.raises(ShapeError, match=r"shapes \[\(3, 5, 5\), \(3, 6, 5\)\]"):
         _run(make_loader(src, DataTransformer(), 2), 1)
+
+
+def test_forever_rolls_over_epochs(list_source):
+    src, _ = list_source
+    loader = make_loader(src, _train_transformer(), 4, seed=2)
+    it = loader.forever()
+    sizes = [len(next(it)[1]) for _ in range(7)]
+    assert sizes == [4, 4, 2, 4, 4, 2, 4]
+    assert (loader.state_dict()["epoch"], loader.state_dict()["index"]) == (2, 4)

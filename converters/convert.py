@@ -61,6 +61,7 @@ class WeightSet(list):
     """An ordered list of ``LayerWeights`` (caffemodel order), with lookup by name."""
 
     source: Optional[str] = None
+    legacy: bool = False   # a V0/V1 caffemodel: blob shapes compare as Blob::ShapeEquals' legacy rule
 
     def names(self) -> List[str]:
         return [lw.name for lw in self]
@@ -107,6 +108,7 @@ def read_weights(path: str) -> WeightSet:
         model = read_caffemodel(path)
         ws = WeightSet(LayerWeights(lb.name, lb.type, list(lb.blobs)) for lb in model.layers
                        if lb.blobs and lb.type not in ("Split", "SPLIT"))
+        ws.legacy = model.format != "V2"
     elif fmt == "safetensors":
         ws = _read_safetensors(path)
     else:

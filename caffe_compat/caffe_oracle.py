@@ -146,8 +146,13 @@ def run_net(python: str, prototxt_text: str,
             json.dump(req, f)
         proc = subprocess.run([python, "-I", DRIVER, req_json], capture_output=True, text=True,
                               timeout=timeout, env=oracle_env(), stdin=subprocess.DEVNULL)
-        _check(proc, f"on this net:\n{text}")
+        n_layers = len(re.findall(r"^\s*layers?\s*\{", text, re.MULTILINE))
+        _check(proc, f"on a net of {n_layers} layers (prototxt: {_first_line(text)!r}...)")
         return _read_result(out_npz)
+
+
+def _first_line(text: str) -> str:
+    return next((ln.strip() for ln in text.splitlines() if ln.strip()), "")[:60]
 
 
 def _read_result(path: str) -> Dict[str, object]:

@@ -25,6 +25,8 @@ COMMANDS = {
                 "describe a prototxt, caffemodel, solver, solverstate or mean file"),
     "upgrade": ("caffe_compat.commands.upgrade_cmd",
                 "rewrite a V0/V1 net (text or binary) or an old solver in the current form"),
+    "parity": ("caffe_compat.commands.parity_cmd",
+               "compare every blob of a net against real Caffe, OpenCV dnn or our ONNX export"),
     "train": ("caffe_compat.commands.train_cmd",
               "train the net a solver prototxt names, with Caffe's solver semantics (torchrun for multi-process)"),
     "plot": ("caffe_compat.commands.plot_cmd", "draw loss and learning-rate curves of a caffekt train log"),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -149,3 +150,294 @@ def _has_empty_window(pp, shape: Sequence[int]) -> bool:
         if (n - 1) * st - p >= size:
             return True
     return False
+
+
+# ------------------------------------------------------------- the real Caffe
+
+def caffe_forward(prototxt_text: str, caffemodel_path: str, inputs: Mapping[str, np.ndarray],
+                  python: Optional[str] = None, timeout: float = 600) -> Dict[str, np.ndarray]:
+    """Every blob after one forward pass of the real pycaffe (in a subprocess)."""
+    from .caffe_oracle import default_prefix, find_python, run_net
+    from .errors import CaffeCompatError
+
+    exe = find_python(python)
+    if exe is None:
+        where = python or os.environ.get("CAFFEKT_ORACLE_PYTHON") or \
+            os.path.join(default_prefix(), "venv", "bin", "python")
+        raise CaffeCompatError(f"caffe backend: no oracle python at {where}; build one with "
+                               f"tools/build_caffe_oracle.sh or pass --caffe-python")
+    res = run_net(exe, prototxt_text, inputs=inputs, weights_file=caffemodel_path, timeout=timeout)
+    return res["data"]
+
+
+# ------------------------------------------------------------ our ONNX export
+
+def export_onnx(net, path: str, batch: int = 1, opset: int = 17) -> List[str]:
+    """Write ``net`` (a ``caffe_compat.Net``) as ONNX with every non-input blob an output.
+
+    TorchScript exporter (``dynamo=False``: the dynamo one needs onnxscript),
+    batch axis dynamic.  Outputs are named ``blob_<i>`` (Caffe names may hold
+    any character); returns the Caffe blob name of each output, in order.
+    """
+    import warnings
+
+    import torch
+
+    in_names = list(net.inputs)
+    names = [b for b in net.blob_shapes if b not in in_names]
+
+    class _EveryBlob(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *xs):
+            blobs = self.inner.forward_all(**dict(zip(in_names, xs)))
+            return tuple(blobs[n] for n in names)
+
+    xs = tuple(torch.zeros((batch,) + tuple(net.blob_shapes[n][1:])) for n in in_names)
+    out_names = [f"blob_{i}" for i in range(len(names))]
+    dyn = {n: {0: "batch"} for n in in_names + out_names}
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # shape arithmetic in Python ints is expected; the batch axis is checked by tests
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)  # dynamo=False is deliberate
+            torch.onnx.export(_EveryBlob(net), xs, path, dynamo=False, opset_version=opset,
+                              input_names=in_names, output_names=out_names, dynamic_axes=dyn)
+    finally:
+        net.train(was_training)
+    return names
+
+
+def onnxruntime_forward(net, inputs: Mapping[str, np.ndarray], opset: int = 17
+                        ) -> Dict[str, np.ndarray]:
+    """Every blob of ``net`` through its ONNX export (``export_onnx``) run in onnxruntime."""
+    import onnxruntime as ort
+
+    in_names = list(net.inputs)
+    with tempfile.TemporaryDirectory(prefix="caffekt-onnx-") as d:
+        path = os.path.join(d, "net.onnx")
+        # traced at the inputs' own batch: layers that bake shapes still run
+        batch = int(np.shape(inputs[in_names[0]])[0]) if in_names else 1
+        names = export_onnx(net, path, batch=batch, opset=opset)
+        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    feed = {n: np.ascontiguousarray(inputs[n], dtype=np.float32) for n in in_names}
+    outs = sess.run([o.name for o in sess.get_outputs()], feed)
+    result = dict(feed)
+    result.update({n: np.asarray(o) for n, o in zip(names, outs)})
+    return result
+
+
+# ---------------------------------------------------------------- comparison
+
+BACKENDS = ("caffe", "opencv", "onnxruntime")
+
+
+@dataclass
+class BlobResult:
+    """One blob compared: ``status`` is ok, mismatch, shape, missing or skipped."""
+    name: str
+    shape: Tuple[int, ...]
+    ref_shape: Optional[Tuple[int, ...]]
+    max_abs_err: Optional[float]
+    max_rel_err: Optional[float]
+    status: str
+    note: Optional[str] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("ok", "skipped")
+
+
+@dataclass
+class ParityReport:
+    """All blobs of one net compared between our module and one backend."""
+    backend: str
+    prototxt: str
+    weights: str
+    seed: int
+    atol: float
+    rtol: float
+    inputs: Dict[str, Tuple[int, ...]]
+    blobs: List[BlobResult] = field(default_factory=list)
+    notes: Dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.blobs) and all(b.ok for b in self.blobs) and \
+            any(b.status == "ok" for b in self.blobs)
+
+    def to_json(self) -> dict:
+        """The ``--json`` document (schema ``caffekt.parity/1``)."""
+        return {
+            "schema": "caffekt.parity/1",
+            "backend": self.backend, "prototxt": self.prototxt, "weights": self.weights,
+            "seed": self.seed, "atol": self.atol, "rtol": self.rtol,
+            "inputs": {k: list(v) for k, v in self.inputs.items()},
+            "ok": self.ok,
+            "compared": sum(b.status != "skipped" and b.status != "missing" for b in self.blobs),
+            "failed": [b.name for b in self.blobs if not b.ok],
+            "notes": dict(self.notes),
+            "blobs": [{"name": b.name, "shape": list(b.shape),
+                       "ref_shape": None if b.ref_shape is None else list(b.ref_shape),
+                       "max_abs_err": b.max_abs_err, "max_rel_err": b.max_rel_err,
+                       "ok": b.ok, "status": b.status, "note": b.note} for b in self.blobs],
+        }
+
+
+def compare_blob(name: str, ours: np.ndarray, ref: Optional[np.ndarray], atol: float, rtol: float,
+                 missing_status: str = "missing", note: Optional[str] = None) -> BlobResult:
+    """``ours`` against ``ref`` under numpy.isclose's rule ``|a - b| <= atol + rtol * |b|``.
+
+    ``max_rel_err`` is the largest ``|a - b| / |b|`` over elements with
+    ``|b| > atol`` (near-zero references would only measure noise).
+    """
+    shape = tuple(int(d) for d in ours.shape)
+    if ref is None:
+        return BlobResult(name, shape, None, None, None, missing_status, note)
+    ref_shape = tuple(int(d) for d in ref.shape)
+    if ref_shape != shape:
+        if int(np.prod(ref_shape)) == int(np.prod(shape)) and ref.ndim != ours.ndim:
+            ref = ref.reshape(shape)  # e.g. OpenCV keeps InnerProduct tops 2-D or 4-D
+        else:
+            return BlobResult(name, shape, ref_shape, None, None, "shape", note)
+    a = ours.astype(np.float64)
+    b = ref.astype(np.float64)
+    if a.size == 0:
+        return BlobResult(name, shape, ref_shape, 0.0, 0.0, "ok", note)
+    # NaN agrees with NaN and inf with the same inf; anything else against
+    # a non-finite value is an infinite error.
+    same = (a == b) | (np.isnan(a) & np.isnan(b))
+    with np.errstate(invalid="ignore"):
+        err = np.where(same, 0.0, np.abs(a - b))
+    err = np.where(np.isnan(err), np.inf, err)
+    big = np.isfinite(b) & (np.abs(b) > atol)
+    max_abs = float(err.max())
+    max_rel = float(np.max(err[big] / np.abs(b[big]))) if big.any() else 0.0
+    with np.errstate(invalid="ignore"):
+        good = bool(np.all(same | (np.isfinite(err) & (err <= atol + rtol * np.abs(b)))))
+    return BlobResult(name, shape, ref_shape, max_abs, max_rel, "ok" if good else "mismatch", note)
+
+
+def _parse_net_file(prototxt: str):
+    from .io import read_net
+    got = read_net(prototxt)
+    return got[0] if isinstance(got, tuple) else got
+
+
+def _feedable_inputs(param, net, backend: str) -> None:
+    """Caffe and OpenCV only take nets whose inputs are ``Input`` layers (deploy nets)."""
+    if backend == "onnxruntime":
+        return
+    feeders = {t: lp for lp in param.layer for t in lp.top if t in net.inputs}
+    bad = sorted(f"{lp.name} ({lp.type})" for lp in feeders.values() if lp.type != "Input")
+    if bad:
+        raise UnsupportedParameter(f"{backend} backend: inputs must come from Input layers "
+                                   f"(a deploy net); this net reads them from {', '.join(bad)}")
+
+
+def _set_input_shapes(param, shapes: Mapping[str, Sequence[int]]) -> None:
+    """Write the shapes we run with into the Input layers, so that the other
+    implementation builds (and loads weights into) the same net."""
+    for lp in param.layer:
+        if lp.type != "Input":
+            continue
+        old = list(lp.input_param.shape)
+        del lp.input_param.shape[:]
+        for i, top in enumerate(lp.top):
+            dims = shapes.get(top) or (old[min(i, len(old) - 1)].dim if old else ())
+            lp.input_param.shape.add().dim.extend(int(d) for d in dims)
+
+
+def random_inputs(net, seed: int) -> Dict[str, np.ndarray]:
+    """Standard normal float32 inputs, one per net input, from ``seed``."""
+    rng = np.random.default_rng(seed)
+    return {n: rng.standard_normal(net.blob_shapes[n]).astype(np.float32) for n in net.inputs}
+
+
+def run_parity(prototxt: str, weights: str, backend: str,
+               input_shapes: Optional[Mapping[str, Sequence[int]]] = None, seed: int = 0,
+               atol: float = 1e-4, rtol: float = 1e-4, caffe_python: Optional[str] = None
+               ) -> ParityReport:
+    """Compare every blob of our module against ``backend`` on seeded random inputs.
+
+    ``input_shapes``: input blob -> shape overriding the prototxt's.  Blobs
+    the backend cannot show are ``missing`` (a failure) for caffe and
+    onnxruntime and ``skipped`` for opencv, unless they are net outputs.
+    """
+    import torch
+
+    from .net import load_net
+
+    if backend not in BACKENDS:
+        raise UnsupportedParameter(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    param = _parse_net_file(prototxt)
+    net = load_net(param, weights=weights, phase="TEST", input_shapes=input_shapes)
+    net.eval()
+    _feedable_inputs(param, net, backend)
+    inputs = random_inputs(net, seed)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        ours = {k: v.detach().cpu().numpy() for k, v in net.forward_all(**{
+            n: torch.from_numpy(a) for n, a in inputs.items()}).items()}
+
+    _set_input_shapes(param, {n: a.shape for n, a in inputs.items()})
+    text = to_ceil_mode_text(format_text(param))
+    notes: Dict[str, str] = {}
+    if backend == "caffe":
+        ref = caffe_forward(text, weights, inputs, python=caffe_python)
+    elif backend == "opencv":
+        ref = opencv_forward(text, weights, inputs)
+        notes = opencv_deviation_notes(format_text(param), {k: v.shape for k, v in ours.items()})
+    else:
+        ref = onnxruntime_forward(net, inputs)
+
+    note_by_blob: Dict[str, str] = {}
+    for lp in param.layer:
+        if lp.name in notes:
+            for t in lp.top:
+                note_by_blob[t] = f"{lp.name}: {notes[lp.name]}"
+    report = ParityReport(backend, os.fspath(prototxt), os.fspath(weights), seed, atol, rtol,
+                          {n: tuple(a.shape) for n, a in inputs.items()}, notes=notes)
+    for name, a in ours.items():
+        lenient = backend == "opencv" and name not in net.outputs
+        report.blobs.append(compare_blob(name, a, ref.get(name), atol, rtol,
+                                         "skipped" if lenient else "missing", note_by_blob.get(name)))
+    return report
+
+
+def format_table(report: ParityReport) -> str:
+    """The human-readable report: one row per blob, then a verdict line."""
+    def num(x: Optional[float]) -> str:
+        return "-" if x is None else f"{x:.3g}"
+
+    rows = [("blob", "shape", "max abs err", "max rel err", "ok")]
+    for b in report.blobs:
+        shape = "x".join(str(d) for d in b.shape)
+        if b.status == "shape":
+            shape += f" (ref {'x'.join(str(d) for d in b.ref_shape)})"
+        verdict = {"ok": "yes", "mismatch": "NO", "shape": "NO (shape)", "missing": "NO (missing)",
+                   "skipped": "n/a"}[b.status]
+        rows.append((b.name, shape, num(b.max_abs_err), num(b.max_rel_err),
+                     verdict + (" *" if b.note else "")))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = [f"parity vs {report.backend}: {report.prototxt} + {report.weights}",
+             "inputs: " + ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in report.inputs.items())
+             + f" (seed {report.seed}); tolerance |a-b| <= {report.atol:g} + {report.rtol:g}*|ref|"]
+    for i, r in enumerate(rows):
+        lines.append("  ".join(c.ljust(w) if j < 2 else c.rjust(w) if j < 4 else c
+                               for j, (c, w) in enumerate(zip(r, widths))))
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    for layer, note in report.notes.items():
+        lines.append(f"* known OpenCV deviation at layer {layer}: {note}")
+    failed = [b.name for b in report.blobs if not b.ok]
+    compared = sum(b.status in ("ok", "mismatch", "shape") for b in report.blobs)
+    if report.ok:
+        lines.append(f"OK: {compared} blobs within tolerance")
+    else:
+        lines.append(f"FAILED: {len(failed)} of {len(report.blobs)} blobs: {', '.join(failed) or '(none compared)'}")
+    return "\n".join(lines)

@@ -27,6 +27,7 @@ _API = {
     "upgrade_net": "upgrade", "upgrade_solver": "upgrade",
     # nets
     "load_net": "net", "Net": "net",
+    "copy_trained_layers": "weights", "save_caffemodel": "weights", "LoadReport": "weights",
     # training
     "Solver": "solver", "SolverSettings": "solver",
 }

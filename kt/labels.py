@@ -41,22 +41,18 @@ def write_list(path: str, names: Sequence[str], labels: Sequence[int]) -> None:
 
 
 def read_list(path: str) -> Tuple[List[str], np.ndarray]:
-    """Read ``path label`` lines; errors name the file and line."""
-    names, labels = [], []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            name, sep, lab = line.rpartition(" ")
-            if not sep or not name:
-                raise CaffeFormatError(f"expected 'path label', got {line!r}", path, f"line {i}")
-            try:
-                labels.append(int(lab))
-            except ValueError:
-                raise CaffeFormatError(f"label {lab!r} is not an integer", path, f"line {i}") from None
-            names.append(name)
-    return names, np.asarray(labels, dtype=np.int64)
+    """Read ``path label`` lines (``caffe_compat.data.parse_image_list``); errors name the file and line."""
+    from caffe_compat.data.sources import parse_image_list
+    try:
+        entries = parse_image_list(path)
+    except CaffeFormatError as e:
+        if e.where is None:   # unreadable file: keep the OSError kinds callers expect
+            if not os.path.exists(path):
+                raise FileNotFoundError(2, "No such file or directory", path) from None
+            raise
+        # this module's messages name the line only (``line N``), not the column
+        raise CaffeFormatError(e.detail, path, e.where.split(":")[0]) from None
+    return [e.path for e in entries], np.asarray([e.label for e in entries], dtype=np.int64)
 
 
 def write_labels_bin(path: str, labels: Sequence[int]) -> None:

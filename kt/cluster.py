@@ -102,3 +102,85 @@ def purity(clusters: np.ndarray, truth: np.ndarray) -> float:
     table = np.zeros((ci.max() + 1, ti.max() + 1), dtype=np.int64)
     np.add.at(table, (ci, ti), 1)
     return float(table.max(1).sum() / len(clusters))
+
+
+# ---------------------------------------------------------------- clustering a feature file (``kt cluster``)
+
+
+def match_truth(images, truth_list: str) -> np.ndarray:
+    """True label of every image from an ImageData list, matched by path.
+
+    A list entry matches an image when the paths are equal, or equal once
+    the entry is taken relative to the list's folder, or when the image path
+    ends with ``/`` + the entry.  Images without an entry are an error.
+    """
+    import os
+
+    from .labels import read_list
+    names, labels = read_list(truth_list)
+    base = os.path.dirname(os.path.abspath(truth_list))
+    table = {}
+    for n, l in zip(names, labels):
+        table.setdefault(n, l)
+        table.setdefault(os.path.normpath(os.path.join(base, n)), l)
+    out = np.empty(len(images), np.int64)
+    missing = []
+    for i, p in enumerate(images):
+        lab = table.get(p, table.get(os.path.normpath(os.path.abspath(p))))
+        if lab is None:
+            parts = p.replace(os.sep, "/").split("/")
+            lab = next((table[s] for s in ("/".join(parts[j:]) for j in range(1, len(parts))) if s in table), None)
+        if lab is None:
+            missing.append(p)
+        else:
+            out[i] = lab
+    if missing:
+        raise CaffeCompatError(f"{truth_list}: {len(missing)} of {len(images)} images have no label there "
+                               f"(first: {missing[0]!r})")
+    return out
+
+
+def cluster_file(features: str, k: int, out: str, *, seed: int = 0, max_train: Optional[int] = None,
+                 niter: int = 20, truth: Optional[str] = None, montage: Optional[str] = None,
+                 hist_png: Optional[str] = None, verbose: bool = False) -> dict:
+    """k-means of a feature file; writes ``out`` (``path label`` list), ``out.bin`` (labels.bin) and ``out.json``.
+
+    Returns the summary written to ``out.json``: objective, sizes, NMI and
+    purity against ``truth`` (an ImageData list) when given.
+    """
+    import json
+    import os
+
+    from caffe_compat.binary import atomic_output
+
+    from .features import load_features
+    from .labels import write_labels_bin, write_list
+    from .montage import cluster_montage, size_histogram_png, size_histogram_text
+    x, man = load_features(features)
+    images = list(man["images"])
+    if len(images) != len(x):
+        raise CaffeCompatError(f"{features}: manifest lists {len(images)} images for {len(x)} rows")
+    if k <= 0:
+        raise CaffeCompatError(f"k must be positive, got {k}")
+    if k > len(images):
+        raise CaffeCompatError(f"{features}: k={k} clusters need at least {k} images, the file has {len(images)}")
+    true = match_truth(images, truth) if truth else None   # checked before the expensive part
+    res = kmeans(x, k, seed=seed, niter=niter, max_train=max_train, verbose=verbose)
+    os.makedirs(os.path.dirname(os.path.abspath(out)) or ".", exist_ok=True)
+    write_list(out, images, res.labels)
+    stem = os.path.splitext(out)[0]
+    write_labels_bin(stem + ".bin", res.labels)
+    summary = {"features": os.path.abspath(features), "k": k, "seed": seed, "images": len(images),
+               "objective": res.objective, "objective_per_image": res.objective / len(images),
+               "empty_clusters": int((res.sizes == 0).sum()), "sizes": res.sizes.tolist(),
+               "histogram": size_histogram_text(res.sizes)}
+    if true is not None:
+        summary["nmi"], summary["purity"] = nmi(res.labels, true), purity(res.labels, true)
+    if hist_png:
+        size_histogram_png(res.sizes, hist_png, f"k={k}: images per cluster")
+    if montage:
+        summary["montage_rows"] = cluster_montage(images, res.labels, montage, seed=seed)
+    with atomic_output(stem + ".json") as f:
+        f.write(json.dumps(summary, indent=1).encode())
+    np.save(stem + ".centroids.npy", res.centroids)
+    return summary

@@ -288,12 +288,15 @@ def _lmdb_data(lp, ctx: FeedContext) -> SourceFeed:
     """Data (data_layer.cpp) with backend LMDB: Datum records in key order, wrapping around."""
     from .data.sources import LMDBSource
     p = lp.data_param
-    if p.backend != caffe_pb2.DataParameter.LMDB:
-        raise UnsupportedParameter(f"{ctx.where}: data_param.backend LEVELDB is not supported; "
-                                   "convert the database to LMDB (convert_imageset -backend lmdb)")
+    source = _beside(p.source, ctx.base_dir)
+    # backend defaults to LEVELDB in caffe.proto; an unset backend naming an LMDB folder is read as LMDB
+    lmdb_dir = os.path.isfile(os.path.join(source, "data.mdb"))
+    if p.backend != caffe_pb2.DataParameter.LMDB and (p.HasField("backend") or not lmdb_dir):
+        raise UnsupportedParameter(f"{ctx.where}: data_param.backend LEVELDB (caffe.proto's default) is not "
+                                   "supported; set backend: LMDB for an LMDB source, or convert the database "
+                                   "(convert_imageset -backend lmdb)")
     if p.rand_skip:
         raise UnsupportedParameter(f"{ctx.where}: data_param.rand_skip is not supported")
-    source = _beside(p.source, ctx.base_dir)
     if not os.path.exists(source):
         raise CaffeFormatError(f"{ctx.where}: data source not found (data_param.source)", source)
     return SourceFeed(LMDBSource(source), _transformer(lp, ctx), lp.top, p.batch_size, shuffle=False, ctx=ctx)
@@ -312,11 +315,14 @@ def _memory_data(lp, ctx: FeedContext):
         f"Give them with caffe_compat.train.train(..., feeds={{{', '.join(repr(t) for t in lp.top)}: ...}})")
 
 
+def _has_module(name: str) -> bool:
+    import importlib.util
+    return importlib.util.find_spec(name) is not None
+
+
 def _hdf5_data(lp, ctx: FeedContext):
     """HDF5Data (hdf5_data_layer.cpp): needs h5py, which caffekt does not depend on."""
-    try:
-        import h5py  # noqa: F401
-    except ImportError:
+    if not _has_module("h5py"):
         raise UnsupportedParameter(f"{ctx.where}: HDF5Data needs the h5py package, which is not "
                                    "installed (pip install h5py), or convert the data to LMDB") from None
     raise UnsupportedParameter(f"{ctx.where}: HDF5Data training input is not implemented; convert to LMDB")

@@ -42,7 +42,7 @@ def plot_log(log: str, output: str, dpi: int = 100) -> int:
     ax.legend(loc="upper right")
     ax = axes[1]
     lr = cols["lr"][train]
-    ax.plot(it[train], lr, color="tab:green")
+    ax.plot(it[train], lr, color="tab:green", drawstyle="steps-post")   # lr holds for a whole iteration
     if (lr > 0).all():
         ax.set_yscale("log")
     ax.set_ylabel("learning rate")

@@ -30,6 +30,8 @@ COMMANDS = {
     "train": ("caffe_compat.commands.train_cmd",
               "train the net a solver prototxt names, with Caffe's solver semantics (torchrun for multi-process)"),
     "plot": ("caffe_compat.commands.plot_cmd", "draw loss and learning-rate curves of a caffekt train log"),
+    "kt": ("caffe_compat.commands.kt_cmd",
+           "knowledge transfer: features, hog, cluster, train-cc, probe, run CONFIG"),
     "export": ("caffe_compat.commands.export_cmd",
                "a Fast R-CNN-ready caffemodel (frcnn) or an onnxruntime-checked ONNX file (onnx)"),
     "convert": ("caffe_compat.commands.convert_cmd",

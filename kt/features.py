@@ -334,13 +334,15 @@ class Preprocess:
     test-time transform (data_transformer.cpp: centre crop, then mean).
     ``tile-mvn``: the image resized to the input as one tile, then the
     pretext's per-tile MVN across channels: (x - mean) / (std + 1e-9), as
-    mvn_layer.cpp with across_channels.
+    mvn_layer.cpp with across_channels, times ``scale`` (the pretext's Power
+    layer multiplies by 50; nets that hold their own MVN + Power keep 1).
     """
     kind: str
     height: int
     width: int
     mean: Tuple[float, float, float] = IMAGENET_MEAN_BGR
     resize: Optional[int] = None
+    scale: float = 1.0
 
     def __post_init__(self):
         if self.kind not in ("caffe", "tile-mvn"):
@@ -349,7 +351,8 @@ class Preprocess:
     def options(self) -> dict:
         return {"preprocess": self.kind, "input": [self.height, self.width],
                 "mean": list(self.mean) if self.kind == "caffe" else None,
-                "resize": self.short_side() if self.kind == "caffe" else None}
+                "resize": self.short_side() if self.kind == "caffe" else None,
+                "scale": self.scale if self.kind == "tile-mvn" else None}
 
     def short_side(self) -> int:
         return int(self.resize or round(max(self.height, self.width) * 256 / 227))
@@ -361,7 +364,7 @@ class Preprocess:
         img = read_image(path)
         if self.kind == "tile-mvn":
             x = cv2.resize(img, (self.width, self.height), interpolation=cv2.INTER_LINEAR).astype(np.float64)
-            x = (x - x.mean()) / (x.std() + 1e-9)
+            x = (x - x.mean()) / (x.std() + 1e-9) * self.scale
             return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
         h, w = img.shape[:2]
         s = self.short_side() / min(h, w)
@@ -395,7 +398,8 @@ def net_rows(net, blob: str, prep: Preprocess, images: Sequence[str], pool_grid:
 
 def extract(images: Sequence[str], out: str, *, model: Optional[str] = None, checkpoint: Optional[str] = None,
             blob: str, preprocess: str = "caffe", mean: Sequence[float] = IMAGENET_MEAN_BGR,
-            input_size: Optional[int] = None, pool_grid: Optional[int] = None, l2: bool = False,
+            input_size: Optional[int] = None, resize: Optional[int] = None, scale: float = 1.0,
+            pool_grid: Optional[int] = None, l2: bool = False,
             pca: Optional[int] = None, whiten: bool = False, pca_sample: int = 100000, seed: int = 0,
             batch_size: int = 64, progress: bool = True, on_batch=None, device=None) -> np.ndarray:
     """Features of ``blob`` for every image into ``out`` (see the module docstring); returns the rows."""
@@ -404,7 +408,7 @@ def extract(images: Sequence[str], out: str, *, model: Optional[str] = None, che
     if device is not None:
         net.to(device)
     shape = net.blob_shapes[net.inputs[0]]
-    prep = Preprocess(preprocess, int(shape[2]), int(shape[3]), tuple(float(m) for m in mean))
+    prep = Preprocess(preprocess, int(shape[2]), int(shape[3]), tuple(float(m) for m in mean), resize, scale)
     opts = {**prep.options(), "pool_grid": pool_grid, "l2": bool(l2), "pca": pca, "whiten": bool(whiten),
             "pca_sample": pca_sample if pca else None, "seed": seed if pca else None}
     source = {"model": os.path.abspath(proto), "weights": os.path.abspath(weights) if weights else None,

@@ -5,7 +5,7 @@ Backends (each returns ``{caffe blob name: array}`` for one forward pass):
 - ``opencv``: OpenCV 4.x ``cv2.dnn.readNetFromCaffe`` in this process.
 - ``caffe``: the real pycaffe, in a subprocess run with the oracle's Python
   (``caffe_compat/_caffe_driver.py``); caffe is never imported here.
-- ``onnxruntime``: our module exported with ``torch.onnx.export``.
+- ``onnxruntime``: our module exported to ONNX by ``caffekt.converters.onnx_export``.
 
 Nothing heavy is imported at module import: cv2, torch and onnxruntime are
 imported by the backend that needs them.
@@ -175,41 +175,16 @@ def caffe_forward(prototxt_text: str, caffemodel_path: str, inputs: Mapping[str,
 def export_onnx(net, path: str, batch: int = 1, opset: int = 17) -> List[str]:
     """Write ``net`` (a ``caffe_compat.Net``) as ONNX with every non-input blob an output.
 
-    TorchScript exporter (``dynamo=False``: the dynamo one needs onnxscript),
-    batch axis dynamic.  Outputs are named ``blob_<i>`` (Caffe names may hold
-    any character); returns the Caffe blob name of each output, in order.
+    The export is the project's exporter (``caffekt.converters.onnx_export.
+    export_net``: TorchScript tracing, opset >= 13, dynamic batch axis).
+    Outputs are named ``blob_<i>`` (Caffe names may hold any character);
+    returns the Caffe blob name of each output, in order.
     """
-    import warnings
+    from caffekt.converters.onnx_export import export_net  # imported on use only
 
-    import torch
-
-    in_names = list(net.inputs)
-    names = [b for b in net.blob_shapes if b not in in_names]
-
-    class _EveryBlob(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, *xs):
-            blobs = self.inner.forward_all(**dict(zip(in_names, xs)))
-            return tuple(blobs[n] for n in names)
-
-    xs = tuple(torch.zeros((batch,) + tuple(net.blob_shapes[n][1:])) for n in in_names)
-    out_names = [f"blob_{i}" for i in range(len(names))]
-    dyn = {n: {0: "batch"} for n in in_names + out_names}
-    was_training = net.training
-    net.eval()
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            # shape arithmetic in Python ints is expected; the batch axis is checked by tests
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)  # dynamo=False is deliberate
-            torch.onnx.export(_EveryBlob(net), xs, path, dynamo=False, opset_version=opset,
-                              input_names=in_names, output_names=out_names, dynamic_axes=dyn)
-    finally:
-        net.train(was_training)
-    return names
+    names = [b for b in net.blob_shapes if b not in net.inputs]
+    return export_net(net, path, outputs=names, opset=opset, batch=batch,
+                      onnx_names=[f"blob_{i}" for i in range(len(names))])
 
 
 def onnxruntime_forward(net, inputs: Mapping[str, np.ndarray], opset: int = 17

@@ -219,7 +219,6 @@ def test_compare_blob_rules():
     assert compare_blob("x", -inf, inf, 1, 1).status == "mismatch"
 
 
-@pytest.mark.slow
 def test_onnx_export_has_a_dynamic_batch(small, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     import torch
@@ -232,10 +231,7 @@ def test_onnx_export_has_a_dynamic_batch(small, tmp_path):
     names = export_onnx(net, path, batch=2)
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).standard_normal((3, 3, 11, 10)).astype(np.float32)
-    try:
-        outs = sess.run(None, {"data": x})
-    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own Fail type
-        pytest.xfail(f"a layer bakes the traced batch into the graph: {str(e)[:200]}")
+    outs = sess.run(None, {"data": x})  # traced at batch 2, run at batch 3
     with torch.no_grad():
         ref = net.forward_all(data=torch.from_numpy(x))
     for n, o in zip(names, outs):

@@ -15,7 +15,6 @@ import torch
 import _train_case as case
 from caffe_compat import cli
 from caffe_compat.io import read_caffemodel, read_solver, read_solverstate
-from caffe_compat.proto import caffe_pb2
 from caffe_compat import train as T
 
 

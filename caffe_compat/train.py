@@ -622,6 +622,10 @@ def train(solver_path: str, *, weights: Sequence[str] = (), resume: Optional[str
     check_settings(settings, where)
     check_lr_policy(settings, where)
     resolve_solver_paths(param, solver_path, out)
+    snap_dir = os.path.dirname(param.snapshot_prefix) or "."
+    if (param.snapshot or param.snapshot_after_train) and not os.path.isdir(snap_dir):
+        # Caffe would only fail when writing the first snapshot, after training
+        raise CaffeFormatError(f"the folder of snapshot_prefix does not exist ({snap_dir})", solver_path)
 
     rank, world = _init_distributed()
     data_seed = int(param.random_seed) if param.random_seed >= 0 else 0

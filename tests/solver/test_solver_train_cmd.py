@@ -280,6 +280,18 @@ def test_mismatched_solverstate(solver, tmp_path, capsys):
     assert _no_snapshots(tmp_path / "snaps")
 
 
+def test_missing_snapshot_folder(tmp_path, capsys):
+    sp = case.make_case(str(tmp_path), snapshot_prefix="nowhere/tiny")
+    _expect_exit2(capsys, sp, says=[f"{sp}: the folder of snapshot_prefix does not exist (nowhere)"])
+
+
+def test_loader_workers_do_not_change_the_run(solver, tmp_path):
+    a, b = tmp_path / "w0", tmp_path / "w2"
+    assert _train(solver, "--out", a, "--max-iter", 4) == 0
+    assert _train(solver, "--out", b, "--max-iter", 4, "--workers", 2) == 0
+    assert (a / "tiny_iter_4.caffemodel").read_bytes() == (b / "tiny_iter_4.caffemodel").read_bytes()
+
+
 def test_resume_and_weights_refused(solver, tmp_path, capsys):
     _expect_exit2(capsys, solver, "--resume", "x.solverstate", "--weights", "w.caffemodel",
                   says=["resume training or weights to fine-tune, not both"])

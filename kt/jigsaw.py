@@ -398,31 +398,32 @@ def _even(x: float) -> int:
 VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 
 
-def _tower(net, arch: str, t: int, width: float, fc6: int) -> str:
+def _tower(net, arch: str, t: int, width: float, fc6: int, dropout: float, init: str) -> str:
     """One tower on blob ``tile{t}``; tower 1's layer names are the deploy names, others get ``_t{t}``."""
     sfx = "" if t == 1 else f"_t{t}"
     x = f"tile{t}_n"
     _layer(net, f"datamvn{sfx}", "MVN", f"tile{t}", x).mvn_param.across_channels = True
     _layer(net, f"datascale{sfx}", "Power", x, x).power_param.scale = 50
+    cf = "msra" if init == "msra" else "gaussian"
+    b1 = 1 if cf == "gaussian" else 0  # the authors' bias 1 suits their gaussian init only
     if arch == "alexnet":
         c = [_even(96 * width), _even(256 * width), _even(384 * width), _even(384 * width), _even(256 * width)]
-        _conv(net, f"conv1{sfx}", x, f"conv1{sfx}", "conv1", c[0], 11, stride=2)
+        _conv(net, f"conv1{sfx}", x, f"conv1{sfx}", "conv1", c[0], 11, stride=2, filler=cf)
         _relu(net, f"relu1{sfx}", f"conv1{sfx}")
         _pool(net, f"pool1{sfx}", f"conv1{sfx}", f"pool1{sfx}")
         _lrn(net, f"norm1{sfx}", f"pool1{sfx}", f"norm1{sfx}")
-        _conv(net, f"conv2{sfx}", f"norm1{sfx}", f"conv2{sfx}", "conv2", c[1], 5, pad=2, group=2, bias=1)
+        _conv(net, f"conv2{sfx}", f"norm1{sfx}", f"conv2{sfx}", "conv2", c[1], 5, pad=2, group=2, bias=b1, filler=cf)
         _relu(net, f"relu2{sfx}", f"conv2{sfx}")
         _pool(net, f"pool2{sfx}", f"conv2{sfx}", f"pool2{sfx}")
         _lrn(net, f"norm2{sfx}", f"pool2{sfx}", f"norm2{sfx}")
-        _conv(net, f"conv3{sfx}", f"norm2{sfx}", f"conv3{sfx}", "conv3", c[2], 3, pad=1)
+        _conv(net, f"conv3{sfx}", f"norm2{sfx}", f"conv3{sfx}", "conv3", c[2], 3, pad=1, filler=cf)
         _relu(net, f"relu3{sfx}", f"conv3{sfx}")
-        _conv(net, f"conv4{sfx}", f"conv3{sfx}", f"conv4{sfx}", "conv4", c[3], 3, pad=1, group=2, bias=1)
+        _conv(net, f"conv4{sfx}", f"conv3{sfx}", f"conv4{sfx}", "conv4", c[3], 3, pad=1, group=2, bias=b1, filler=cf)
         _relu(net, f"relu4{sfx}", f"conv4{sfx}")
-        _conv(net, f"conv5{sfx}", f"conv4{sfx}", f"conv5{sfx}", "conv5", c[4], 3, pad=1, group=2, bias=1)
+        _conv(net, f"conv5{sfx}", f"conv4{sfx}", f"conv5{sfx}", "conv5", c[4], 3, pad=1, group=2, bias=b1, filler=cf)
         _relu(net, f"relu5{sfx}", f"conv5{sfx}")
         _pool(net, f"pool5{sfx}", f"conv5{sfx}", f"pool5{sfx}")
-        last, std6 = f"pool5{sfx}", 0.005
-        filler = "gaussian"
+        last, std6, filler = f"pool5{sfx}", 0.005, cf
     elif arch == "vgg16":
         last = x
         for bi, block in enumerate(VGG16_BLOCKS, 1):
@@ -437,14 +438,17 @@ def _tower(net, arch: str, t: int, width: float, fc6: int) -> str:
         std6, filler = 0.005, "gaussian"
     else:
         raise UnsupportedParameter(f"arch must be 'alexnet' or 'vgg16', got {arch!r}")
-    _fc(net, f"fc6{sfx}", last, f"fc6{sfx}", fc6, std6, 1.0, pname="fc6", filler=filler)
+    _fc(net, f"fc6{sfx}", last, f"fc6{sfx}", fc6, std6, 1.0 if filler == "gaussian" else 0.0, pname="fc6",
+        filler=filler)
     _relu(net, f"relu6{sfx}", f"fc6{sfx}")
-    _drop(net, f"drop6{sfx}", f"fc6{sfx}")
+    if dropout > 0:
+        _drop(net, f"drop6{sfx}", f"fc6{sfx}", dropout)
     return f"fc6{sfx}"
 
 
 def cfn_net_param(n_perms: int = 701, arch: str = "alexnet", batch_size: int = AUTHORS_BATCH,
-                  width: float = 1.0, fc6: int = 1024, fc7: int = 4096):
+                  width: float = 1.0, fc6: int = 1024, fc7: int = 4096, dropout: float = 0.5,
+                  init: str = "authors"):
     """The 9-tower context-free network as a ``NetParameter`` (inputs ``data`` N x 27 x 64 x 64, ``label``).
 
     ``alexnet`` at width 1 is ``prototxt/jigsaw_cfn_pretext_9tower.prototxt``
@@ -453,8 +457,11 @@ def cfn_net_param(n_perms: int = 701, arch: str = "alexnet", batch_size: int = A
     convolutions in VGG16's five blocks (msra fillers, no LRN) on the same
     64x64 tiles, so pool5 is 2x2x512 -> fc6 1024 per tile; the authors released
     no VGG16 Jigsaw++ definition, this is our choice.  ``width`` scales
-    every convolution (for small test runs).
+    every convolution; ``dropout`` 0 drops the Dropout layers and ``init="msra"``
+    uses msra weight fillers everywhere (both only for short test runs).
     """
+    if init not in ("authors", "msra"):
+        raise UnsupportedParameter(f"init must be 'authors' or 'msra', got {init!r}")
     from caffe_compat.proto import caffe_pb2
 
     net = caffe_pb2.NetParameter(name=f"jigsaw_cfn_pretext_9tower_{arch}")
@@ -464,12 +471,14 @@ def cfn_net_param(n_perms: int = 701, arch: str = "alexnet", batch_size: int = A
     sl = _layer(net, "slice_tiles", "Slice", "data", [f"tile{t}" for t in range(1, NTILES + 1)])
     sl.slice_param.axis = 1
     sl.slice_param.slice_point.extend([3 * t for t in range(1, NTILES)])
-    heads = [_tower(net, arch, t, width, fc6) for t in range(1, NTILES + 1)]
+    heads = [_tower(net, arch, t, width, fc6, dropout, init) for t in range(1, NTILES + 1)]
     _layer(net, "concat", "Concat", heads, "concat")
-    _fc(net, "fc7", "concat", "fc7", fc7, 0.005, 1.0)
+    fc_fill = "msra" if init == "msra" else "gaussian"
+    _fc(net, "fc7", "concat", "fc7", fc7, 0.005, 1.0 if init == "authors" else 0.0, filler=fc_fill)
     _relu(net, "relu7", "fc7")
-    _drop(net, "drop7", "fc7")
-    _fc(net, "fc8_jigsaw", "fc7", "fc8_jigsaw", int(n_perms), 0.01, 0.0)
+    if dropout > 0:
+        _drop(net, "drop7", "fc7", dropout)
+    _fc(net, "fc8_jigsaw", "fc7", "fc8_jigsaw", int(n_perms), 0.01, 0.0, filler=fc_fill)
     acc = _layer(net, "accuracy", "Accuracy", ["fc8_jigsaw", "label"], "accuracy")
     acc.include.add().phase = caffe_pb2.TEST
     _layer(net, "loss", "SoftmaxWithLoss", ["fc8_jigsaw", "label"], "loss")
@@ -726,14 +735,15 @@ class TrainResult:
 
 
 def build_train_net(*, n_perms: int, net_prototxt: Optional[str], arch: str, batch_size: Optional[int],
-                    width: float, fc6: int, fc7: int, out: str, phase: str = "TRAIN"):
+                    width: float, fc6: int, fc7: int, out: str, phase: str = "TRAIN", dropout: float = 0.5,
+                    init: str = "authors"):
     """The TRAIN net and the prototxt it came from (generated into ``out`` when none is given)."""
     from caffe_compat.net import load_net
 
     if net_prototxt is None:
         net_prototxt = os.path.join(out, f"jigsaw_cfn_{arch}_train.prototxt")
         write_cfn_prototxt(net_prototxt, n_perms=n_perms, arch=arch, batch_size=batch_size or AUTHORS_BATCH,
-                           width=width, fc6=fc6, fc7=fc7)
+                           width=width, fc6=fc6, fc7=fc7, dropout=dropout, init=init)
         return load_net(net_prototxt, phase=phase), net_prototxt
     probe = _authors_shapes(net_prototxt, batch_size, phase)
     return load_net(net_prototxt, phase=phase, input_shapes=probe), net_prototxt
@@ -763,7 +773,7 @@ def train(images, *, perms, out: str, net_prototxt: Optional[str] = None, solver
           max_iter: Optional[int] = None, batch_size: Optional[int] = None, occluder: str = "another",
           seed: int = 0, workers: int = 0, resume: Optional[str] = None, snapshot: Optional[int] = None,
           base_lr: Optional[float] = None, progress: bool = True, device: Optional[str] = None,
-          cfg: Optional[PuzzleConfig] = None) -> TrainResult:
+          cfg: Optional[PuzzleConfig] = None, dropout: float = 0.5, init: str = "authors") -> TrainResult:
     """Train the 9-tower puzzle net on ``images`` (stored images) with Caffe's solver semantics.
 
     ``net_prototxt`` None: the generated ``cfn_net_param`` net (fc8 = the set's
@@ -780,7 +790,8 @@ def train(images, *, perms, out: str, net_prototxt: Optional[str] = None, solver
     torch.manual_seed(seed)
     table = load_perms(perms)
     net, proto = build_train_net(n_perms=len(table), net_prototxt=net_prototxt, arch=arch,
-                                 batch_size=batch_size, width=width, fc6=fc6, fc7=fc7, out=out)
+                                 batch_size=batch_size, width=width, fc6=fc6, fc7=fc7, out=out,
+                                 dropout=dropout, init=init)
     spec = feed_spec(net)
     check_perms_fit(len(table), spec, proto)
     cfg = cfg or PuzzleConfig(occluder=occluder, normalize=False)  # the net's MVN/Power normalise
@@ -828,8 +839,7 @@ def train(images, *, perms, out: str, net_prototxt: Optional[str] = None, solver
 # --------------------------------------------------------------------------- evaluation
 
 @torch.no_grad()
-def evaluate(net, source: PuzzleSource, *, puzzles: Optional[int] = None, batch_size: int = 50,
-             device=None) -> Dict[str, float]:
+def evaluate(net, source: PuzzleSource, *, puzzles: Optional[int] = None, device=None) -> Dict[str, float]:
     """Puzzle accuracy of ``net`` (TEST phase) on ``puzzles`` puzzles: image ``p % n`` in round ``p // n``.
 
     The order is fixed (no shuffle), so an evaluation is repeatable; the
@@ -838,29 +848,31 @@ def evaluate(net, source: PuzzleSource, *, puzzles: Optional[int] = None, batch_
     spec = feed_spec(net)
     check_perms_fit(len(source.perms), spec, getattr(net, "path", None) or "net")
     n = puzzles or len(source)
+    was_training = net.training
     net.eval()
     dev = device or next((p.device for p in net.parameters()), torch.device("cpu"))
-    if spec.style == "tiles" and spec.batch_size != batch_size:
-        pass  # inputs are reshaped per call; Caffe's Reshape does the same
+    b = int(net.blob_shapes[spec.data][0])  # loss layers fix the batch: pad the last one, count the real part
     correct = total = 0
-    for start in range(0, n, batch_size):
-        keys = [(p // len(source), p % len(source)) for p in range(start, min(n, start + batch_size))]
+    for start in range(0, n, b):
+        real = min(n, start + b) - start
+        keys = [((p % n) // len(source), (p % n) % len(source)) for p in range(start, start + b)]
         parts = [source.parts(i, e) for e, i in keys]
         label = torch.tensor([p.label for p in parts], dtype=torch.int64, device=dev)
         if spec.style == "tiles":
-            tiles = np.stack([source.merged(p) for p in parts]).reshape(len(parts), 3 * NTILES, TILE, TILE)
+            tiles = np.stack([source.merged(p) for p in parts]).reshape(b, 3 * NTILES, TILE, TILE)
             out = net.forward_all(**{spec.data: torch.from_numpy(tiles).to(dev), spec.label: label})
         else:
             stream = DrawStream([v for p in parts for v in p.draws])
             _merge_module(net, spec.merge_layer)._rand = stream
-            d0 = np.stack([p.tiles for p in parts]).reshape(len(parts), -1, TILE, TILE)
-            dr = np.stack([p.other for p in parts]).reshape(len(parts), -1, TILE, TILE)
+            d0 = np.stack([p.tiles for p in parts]).reshape(b, -1, TILE, TILE)
+            dr = np.stack([p.other for p in parts]).reshape(b, -1, TILE, TILE)
             out = net.forward_all(**{spec.data: torch.from_numpy(d0).to(dev),
                                      spec.other: torch.from_numpy(dr).to(dev), spec.label: label})
             stream.check_consumed()
-        pred = out[spec.score].argmax(dim=1)
-        correct += int((pred == label).sum())
-        total += len(parts)
+        pred = out[spec.score].reshape(b, -1).argmax(dim=1)
+        correct += int((pred[:real] == label[:real]).sum())
+        total += real
+    net.train(was_training)
     return {"accuracy": correct / max(total, 1), "puzzles": total, "chance": 1.0 / len(source.perms),
             "permutations": len(source.perms)}
 

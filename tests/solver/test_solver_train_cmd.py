@@ -15,6 +15,7 @@ import torch
 import _train_case as case
 from caffe_compat import cli
 from caffe_compat.io import read_caffemodel, read_solver, read_solverstate
+from caffe_compat.proto import caffe_pb2
 from caffe_compat import train as T
 
 
@@ -200,8 +201,9 @@ def test_sharded_stream_is_the_single_process_batch(shuffle):
         assert parts[0] == whole[0::2] and parts[1] == whole[1::2]        # DataLayer::Skip: offset % N == rank
 
 
-def test_feeder_registry_hook(tmp_path):
+def test_feeder_registry_hook(tmp_path, monkeypatch):
     # a Jigsaw++-style Data layer is claimed by a registered feeder; without one the error says so
+    monkeypatch.setattr(T, "_plugins_loaded", True)     # keep caffekt.kt.jigsaw's own feeder out
     net = tmp_path / "p.prototxt"
     net.write_text('name: "p"\n'
                    'layer { name: "data" type: "Data" top: "data" top: "label" '
@@ -228,6 +230,57 @@ def test_feeder_registry_hook(tmp_path):
         T.DATA_FEEDERS[:] = [e for e in T.DATA_FEEDERS if e[0] != "test-puzzle"]
     assert seen == [("data", "TRAIN", 0)] and res.iter == 2
     assert _blobs(str(tmp_path / "p_iter_2.caffemodel"))["ip"][0].shape == (3, 96)
+
+
+def test_lmdb_data_layer_feeds_what_image_data_feeds(solver, tmp_path):
+    # convert_imageset-style LMDB of the same PNGs: the Data layer's TEST batches equal ImageData's
+    from caffe_compat.data.sources import write_lmdb
+    lines = [ln.split() for ln in open(tmp_path / "list.txt").read().split("\n") if ln]
+    write_lmdb(str(tmp_path / "db"), [(p, int(lab)) for p, lab in lines], resize=(8, 8),
+               root_folder=str(tmp_path) + "/")
+    lp = caffe_pb2.LayerParameter(name="data", type="Data", top=["data", "label"])
+    lp.transform_param.crop_size, lp.transform_param.scale = 6, 0.00390625
+    lp.data_param.source, lp.data_param.batch_size, lp.data_param.backend = "db", 6, lp.data_param.LMDB
+    ctx = T.FeedContext("TEST", 0, base_dir=str(tmp_path), where="layer 'data'")
+    lmdb_feed = T.make_feeder(lp, ctx)
+    assert lmdb_feed.shapes() == {"data": (6, 3, 6, 6), "label": (6,)}
+    img = caffe_pb2.LayerParameter(name="data", type="ImageData", top=["data", "label"])
+    img.transform_param.CopyFrom(lp.transform_param)
+    p = img.image_data_param
+    p.source, p.root_folder, p.batch_size, p.new_height, p.new_width = "list.txt", str(tmp_path) + "/", 6, 8, 8
+    img_feed = T.make_feeder(img, ctx)
+    for _ in range(3):
+        a, b = lmdb_feed(), img_feed()
+        np.testing.assert_array_equal(a["data"].numpy(), b["data"].numpy())
+        np.testing.assert_array_equal(a["label"].numpy(), b["label"].numpy())
+
+
+def _solver_param(text):
+    from caffe_compat.prototxt import parse_solver_text
+    return parse_solver_text(text)
+
+
+def test_net_selection_follows_init_train_and_test_nets(tmp_path):
+    net = tmp_path / "n.prototxt"
+    net.write_text('name: "n"\nstate { stage: "own" }\n'
+                   'layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 1 } } }\n')
+    other = tmp_path / "t.prototxt"
+    other.write_text('name: "t"\nlayer { name: "y" type: "Input" top: "y" input_param { shape { dim: 1 } } }\n')
+    param = _solver_param(f'net: "{net}" test_net: "{other}" test_iter: 1 test_iter: 2 test_interval: 1 '
+                          'train_state { stage: "tr" level: 3 } test_state { stage: "a" } test_state { stage: "b" }')
+    train, tests = T.net_specs(param, "s.prototxt")
+    assert train.phase == "TRAIN" and train.param.state.phase == caffe_pb2.TRAIN
+    assert list(train.param.state.stage) == ["own", "tr"] and train.param.state.level == 3
+    # explicit test nets first, then the generic net for the remaining test_iter entries
+    assert [t.source for t in tests] == [f"test_net file {other}", f"net file {net}"]
+    assert [list(t.param.state.stage) for t in tests] == [["a"], ["own", "b"]]
+    assert all(t.param.state.phase == caffe_pb2.TEST for t in tests)
+    with pytest.raises(T.UnsupportedParameter, match="exactly one train net"):
+        T.net_specs(_solver_param(f'net: "{net}" train_net: "{net}"'), "s")
+    with pytest.raises(T.UnsupportedParameter, match=r"test_iter must be specified for each test network \(1 test"):
+        T.net_specs(_solver_param(f'train_net: "{net}" test_net: "{other}"'), "s")
+    with pytest.raises(T.UnsupportedParameter, match="test_state must be unspecified or specified once"):
+        T.net_specs(_solver_param(f'net: "{net}" test_iter: 1 test_iter: 1 test_state {{ stage: "a" }}'), "s")
 
 
 # ---------------------------------------------------------------- refusals, before training

@@ -36,6 +36,8 @@ COMMANDS = {
                "a Fast R-CNN-ready caffemodel (frcnn) or an onnxruntime-checked ONNX file (onnx)"),
     "convert": ("caffe_compat.commands.convert_cmd",
                 "weights between caffemodel, safetensors and .pt; rename/drop/reinit/fold layers"),
+    "jigsaw": ("caffe_compat.commands.jigsaw_cmd",
+               "Jigsaw++ pretext task: permutation sets, stored images, train, eval"),
 }
 
 

@@ -32,7 +32,10 @@ What it does, in Caffe's order:
   ``N * batch_size``.  Rank r reads the samples at stream positions
   ``p % N == r`` (``DataLayer::Skip``), the torch seed is
   ``random_seed + rank`` (``Solver::Init``), and only rank 0 tests, logs and
-  snapshots.
+  snapshots.  Every rank resumes from the same solverstate (as Caffe's
+  workers all ``Restore`` the file); its side files hold rank 0's RNG
+  streams, so a resumed multi-process run with Dropout is not bit-identical
+  to an uninterrupted one (weights, history and data position are).
 """
 from __future__ import annotations
 

@@ -182,5 +182,6 @@ def cluster_file(features: str, k: int, out: str, *, seed: int = 0, max_train: O
         summary["montage_rows"] = cluster_montage(images, res.labels, montage, seed=seed)
     with atomic_output(stem + ".json") as f:
         f.write(json.dumps(summary, indent=1).encode())
-    np.save(stem + ".centroids.npy", res.centroids)
+    with atomic_output(stem + ".centroids.npy") as f:
+        np.save(f, res.centroids)
     return summary

@@ -362,3 +362,93 @@ def test_against_real_caffe():
     # the exposed final state equals the last timestep of the output (h_T is h's last row)
     assert_close(res["data"]["c6_t1"], res["data"]["c6_t0"][-1:], 0, 0, "lstm h_T")
     print(f"max abs difference to Caffe over all recurrent checks: {worst:.3g}")
+
+
+_CARRY_SCRIPT = r'''
+import sys
+import numpy as np
+import caffe
+caffe.set_mode_cpu()
+proto, arrays, out_path = sys.argv[1:4] if len(sys.argv) > 3 else (PROTO, ARRAYS, OUT)
+z = np.load(arrays)
+net = caffe.Net(proto, caffe.TEST)
+for key in z.files:
+    if key.startswith("param|"):
+        _, layer, j = key.split("|")
+        net.params[layer][int(j)].data[...] = z[key]
+calls = int(z["calls"])
+out = {}
+for k in range(calls):
+    feeds = {key.split("|")[2]: z[key] for key in z.files if key.startswith("in|%d|" % k)}
+    for name, a in feeds.items():
+        net.blobs[name].reshape(*a.shape)
+    net.reshape()
+    for name, a in feeds.items():
+        net.blobs[name].data[...] = a
+    net.forward()
+    for name in ("o", "h"):
+        out["top|%d|%s" % (k, name)] = net.blobs[name].data.copy()
+for name in ("o", "h"):
+    net.blobs[name].diff[...] = z["diff|" + name]
+net.backward()
+for name in ("xr", "xl"):
+    out["xdiff|" + name] = net.blobs[name].diff.copy()
+for layer in ("rnn", "lstm"):
+    for j, b in enumerate(net.params[layer]):
+        out["pdiff|%s|%d" % (layer, j)] = b.diff.copy()
+np.savez(out_path, **out)
+'''
+
+
+@pytest.mark.caffe
+def test_state_carry_against_real_caffe(tmp_path):
+    """Five calls in a row, the batch shrinking and growing (N = 3, 2, 3, 5, 2): the state each
+    call starts from (h_T/c_T of the previous one, first streams kept, fresh zeros when the
+    blob grows) and the last call's backward equal Caffe's."""
+    import _oracle
+
+    _oracle.require_oracle()
+    T, D, H = 3, 4, 5
+    Ns = [3, 2, 3, 5, 2]
+    net = ('name: "carry"\nforce_backward: true\n'
+           'layer { name: "in" type: "Input" top: "xr" top: "cr" top: "xl" top: "cl" '
+           f'input_param {{ shape {{ dim: {T} dim: 3 dim: {D} }} shape {{ dim: {T} dim: 3 }} '
+           f'shape {{ dim: {T} dim: 3 dim: {D} }} shape {{ dim: {T} dim: 3 }} }} }}\n'
+           f'layer {{ name: "rnn" type: "RNN" bottom: "xr" bottom: "cr" top: "o" recurrent_param {{ num_output: {H} }} }}\n'
+           f'layer {{ name: "lstm" type: "LSTM" bottom: "xl" bottom: "cl" top: "h" recurrent_param {{ num_output: {H} }} }}\n')
+    body = f"recurrent_param {{ num_output: {H} }}"
+    rnn = make_layer("RNN", body, [(T, 3, D), (T, 3)], name="rnn")
+    lstm = make_layer("LSTM", body, [(T, 3, D), (T, 3)], name="lstm")
+    arrays = {"calls": np.array(len(Ns))}
+    for layer, seed in ((rnn, 1), (lstm, 2)):
+        for j, p in enumerate(layer.blobs):
+            v = randn(tuple(p.shape), seed * 10 + j, scale=0.7)
+            p.data.copy_(torch.from_numpy(v))
+            arrays[f"param|{layer.layer_name}|{j}"] = v
+    ours = {}
+    for k, n in enumerate(Ns):
+        cont = np.ones((T, n), np.float32)
+        cont[1, 0] = 0  # one mid-sequence reset; t=0 continues, so the carried state matters
+        for layer, xn, cn, top in ((rnn, "xr", "cr", "o"), (lstm, "xl", "cl", "h")):
+            x = randn((T, n, D), 100 + 3 * k + len(xn))
+            arrays[f"in|{k}|{xn}"], arrays[f"in|{k}|{cn}"] = x, cont
+            last = k == len(Ns) - 1
+            xt = torch.from_numpy(x).requires_grad_(last)
+            y = layer(xt, torch.from_numpy(cont))
+            ours[f"top|{k}|{top}"] = y.detach().numpy()
+            if last:
+                d = randn(tuple(y.shape), 200 + len(xn))
+                arrays[f"diff|{top}"] = d
+                y.backward(torch.from_numpy(d))
+                ours[f"xdiff|{xn}"] = xt.grad.numpy()
+                for j, p in enumerate(layer.blobs):
+                    ours[f"pdiff|{layer.layer_name}|{j}"] = p.grad.numpy()
+    proto, req, out = tmp_path / "net.prototxt", tmp_path / "in.npz", tmp_path / "out.npz"
+    proto.write_text(net)
+    np.savez(req, **arrays)
+    code = _CARRY_SCRIPT.replace("PROTO, ARRAYS, OUT", repr((str(proto), str(req), str(out))))
+    _oracle.run_script(code)
+    with np.load(out) as z:
+        assert sorted(z.files) == sorted(ours)
+        for key in z.files:
+            assert_close(ours[key], z[key], rtol=1e-5, atol=1e-5, what=key)

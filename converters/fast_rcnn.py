@@ -242,6 +242,7 @@ class FrcnnReport:
     ignored: List[str] = field(default_factory=list)
     nbytes: int = 0
     deploy_out: Optional[str] = None
+    rescale: Optional[object] = None    # a rescale.RescaleReport when --rescale ran
 
     def __str__(self) -> str:
         lines = [f"Fast R-CNN export: {self.source} -> {self.target}"]
@@ -253,6 +254,8 @@ class FrcnnReport:
         for name, how in self.initialised:
             lines.append(f"initialised {name}: {how}")
         lines.append(f"ignored source layers ({len(self.ignored)}): {', '.join(self.ignored) or '-'}")
+        if self.rescale is not None:
+            lines.append(str(self.rescale))
         if self.out:
             lines.append(f"wrote {self.out} ({self.nbytes} bytes)")
         if self.deploy_out:
@@ -331,12 +334,19 @@ def export_frcnn(source: str, target: str, out: Optional[str],
                  mapping: Optional[Mapping[str, str]] = None, tower: Optional[int] = None,
                  fc_std: float = JIGSAW_FC_STD, fc_bias: float = JIGSAW_FC_BIAS,
                  fills: Sequence[ReinitSpec] = (), conv_only: bool = False, seed: int = 0,
-                 phase: str = "TRAIN", deploy_out: Optional[str] = None) -> FrcnnReport:
+                 phase: str = "TRAIN", deploy_out: Optional[str] = None, rescale=None,
+                 rescale_mode: str = "both", rescale_options: Optional[Mapping] = None) -> FrcnnReport:
     """Build the Fast R-CNN caffemodel ``out`` from ``source`` for ``target``; see the module doc.
 
     ``source``: a weights file (caffemodel / safetensors / .pt) or
     ``PROTOTXT:WEIGHTS``.  ``target``: ``caffenet``, ``vgg16`` or a prototxt
     (built in ``phase`` to size its blobs).  ``out=None`` checks only.
+    ``rescale``: images (folder, list file or paths) for the data-dependent
+    rescaling of ``converters.rescale`` in ``rescale_mode`` (within / between
+    / both), within-layer on the layers initialised here unless
+    ``rescale_options`` says ``layers="all"`` (other keys: those of
+    ``rescale_blobs``).  ``deploy_out``: the target's test net (for a
+    prototxt target its ``rescale.deploy_form``).
     Every error is raised before anything is written.
     """
     import torch
@@ -417,14 +427,20 @@ def export_frcnn(source: str, target: str, out: Optional[str],
         blobs[name] = new
         report.initialised.append((name, how + (f"; {reason}" if reason else "")))
     report.ignored += [n for n in src if n not in tl]
+    if rescale is not None:
+        from .rescale import rescale_blobs
+        opts = {"layers": "initialised", "seed": seed, **(rescale_options or {})}
+        report.rescale = rescale_blobs(param, blobs, rescale, rescale_mode, path=tpath,
+                                       initialised=[n for n, _ in report.initialised], **opts)
+    deploy = None
+    if deploy_out is not None:
+        from .rescale import deploy_form
+        deploy = param if target in BUILTIN_TARGETS else deploy_form(param, tpath)
     if out is not None:
         report.nbytes = write_frcnn_caffemodel(out, tl, blobs)
-    if deploy_out is not None:
-        if target not in BUILTIN_TARGETS:
-            raise UnsupportedParameter("--deploy-out needs a built-in target (caffenet or vgg16); "
-                                       f"{target} is already a prototxt")
+    if deploy is not None:
         from caffe_compat.prototxt import write_prototxt
-        write_prototxt(param, deploy_out)
+        write_prototxt(deploy, deploy_out)
         report.deploy_out = deploy_out
     return report
 

@@ -56,9 +56,24 @@ def add_arguments(parser) -> None:
     f.add_argument("--phase", choices=("TRAIN", "TEST"), default="TRAIN",
                    help="phase in which the target prototxt is built")
     f.add_argument("--seed", type=int, default=0, help="seed of the fills")
-    f.add_argument("--rescale", metavar="IMAGES",
-                   help="Kraehenbuehl data-dependent rescaling on these images (not implemented yet)")
-    f.add_argument("--deploy-out", metavar="PROTOTXT", help="also write the built-in target's test net")
+    f.add_argument("--rescale", metavar="DIR_OR_LIST",
+                   help="Kraehenbuehl et al. data-dependent rescaling on these images (a folder, or a "
+                        "file with one image path per line)")
+    f.add_argument("--rescale-mode", choices=("within", "between", "both"), default="both",
+                   help="within-layer (unit std, mean --rescale-bias), between-layer (equal "
+                        "gradient/weight ratios) or both (default)")
+    f.add_argument("--rescale-layers", default="initialised", metavar="initialised|all|L1,L2",
+                   help="layers given unit std by within-layer rescaling (default: those initialised here)")
+    f.add_argument("--rescale-bias", type=float, default=0.0,
+                   help="mean of each channel after within-layer rescaling (0; magic_init's CLI uses 0.1)")
+    f.add_argument("--rescale-size", type=int, metavar="S",
+                   help="images are warped to SxS (default: the target's data size, else 224)")
+    f.add_argument("--rescale-max-images", type=int, metavar="N", help="use the first N images only")
+    f.add_argument("--rescale-iters", type=int, default=10,
+                   help="most between-layer rounds (10; stops when all ratios are within 1%%)")
+    f.add_argument("--deploy-out", metavar="PROTOTXT",
+                   help="also write the target's test net (for a prototxt target: its TEST phase with "
+                        "data layers as one Input layer, losses dropped)")
     o = sub.add_parser("onnx", help="an ONNX file checked against our module in onnxruntime")
     o.add_argument("prototxt")
     o.add_argument("weights")
@@ -74,7 +89,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..errors import UnsupportedParameter
     if args.what == "onnx":
         from caffekt.converters.onnx_export import export_onnx_file
         rep = export_onnx_file(args.prototxt, args.weights, args.output, opset=args.opset,
@@ -84,11 +98,12 @@ def run(args) -> int:
         return 0 if rep.ok else 1
     from caffekt.converters.fast_rcnn import export_frcnn
     from caffekt.converters.surgery import parse_reinit
-    if args.rescale:
-        raise UnsupportedParameter("--rescale: data-dependent rescaling is not implemented yet")
+    opts = {"layers": args.rescale_layers, "beta": args.rescale_bias, "size": args.rescale_size,
+            "max_images": args.rescale_max_images, "max_iter": args.rescale_iters}
     rep = export_frcnn(args.source, args.target, args.output, mapping=_pairs(args.map, "--map"),
                        tower=args.tower, fc_std=args.fc_std, fc_bias=args.fc_bias,
                        fills=[parse_reinit(s) for s in args.fill or []], conv_only=args.conv_only,
-                       seed=args.seed, phase=args.phase, deploy_out=args.deploy_out)
+                       seed=args.seed, phase=args.phase, deploy_out=args.deploy_out,
+                       rescale=args.rescale, rescale_mode=args.rescale_mode, rescale_options=opts)
     print(rep)
     return 0

@@ -24,7 +24,9 @@ Caffe's quirks kept on purpose:
   call is the h_T (c_T) of the previous call, as data only (RecurrentLayer::Forward_cpu);
   ``reset_state()`` zeroes it like RecurrentLayer::Reset.  A batch of more streams than
   ever seen starts from zeros; fewer streams keep the first ones' state (Blob::Reshape
-  reuses its memory).
+  reuses its memory).  torch.export keeps the carry (a buffer mutation); a TorchScript
+  trace (torch.onnx.export, dynamo=False) does not: its graph starts every call from the
+  state held at export time, zeros after ``reset_state()``.
 * Exposed h_0/c_0 bottoms share data, not diff, with the inner net and the exposed h_T/c_T
   tops likewise: no gradient reaches h_0/c_0 and the diffs fed into h_T/c_T are ignored.
 * cont gets no gradient.  The forget gate's backward uses f (1 - f) with f = cont *
@@ -164,7 +166,8 @@ class _Recurrent(CaffeLayer):
             static_proj = _linear(x_static.reshape(n, -1), self.blobs[2]).reshape(1, n, -1)
         out, finals = self._unroll(x_proj, static_proj, cont, init)
         if not self.expose_hidden:
-            self._store_state(finals)
+            if not torch.jit.is_tracing():  # an ONNX graph is stateless (see the module docstring)
+                self._store_state(finals)
             return out
         # The final state tops share data only: their diffs never reach the inner net.
         return (out,) + tuple(s.detach() for s in finals)

@@ -452,3 +452,83 @@ def test_state_carry_against_real_caffe(tmp_path):
         assert sorted(z.files) == sorted(ours)
         for key in z.files:
             assert_close(ours[key], z[key], rtol=1e-5, atol=1e-5, what=key)
+
+
+# ---------------------------------------------------------------- export and nets
+
+
+@pytest.mark.parametrize("name", ["rnn_static", "lstm_static", "lstm_static_expose_soft"])
+def test_onnx_export_matches_onnxruntime(name):
+    import io
+    import warnings
+
+    ort = pytest.importorskip("onnxruntime")
+    _n, typ, static, expose, _c = next(c for c in CONFIGS if c[0] == name)
+    layer, _, bottoms, _, _ = _build(name, typ, static, expose, seed=5)
+    xs = tuple(torch.from_numpy(b) for b in bottoms)
+    with torch.no_grad():
+        want = layer(*xs)
+    want = want if isinstance(want, tuple) else (want,)
+    layer.reset_state()
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(layer, xs, f, dynamo=False, opset_version=17)
+    sess = ort.InferenceSession(f.getvalue())
+    feeds = {i.name: b for i, b in zip(sess.get_inputs(), bottoms)}
+    got = sess.run(None, feeds)
+    assert len(got) == len(want)
+    for j, (g, w) in enumerate(zip(got, want)):
+        assert_close(g, w, rtol=1e-5, atol=1e-6, what=f"{name} onnx top[{j}]")
+    # the trace stores no state: a second run gives the same answer
+    assert_close(sess.run(None, feeds)[0], got[0], 0, 0, "stateless graph")
+
+
+def test_torch_export_keeps_the_carried_state():
+    layer, _, bottoms, _, _ = _build("lstm", "LSTM", False, False, seed=6)
+    ones = torch.ones(CONT.shape)
+    x = torch.from_numpy(bottoms[0])
+    with torch.no_grad():
+        want = [layer(x, ones), layer(x, ones)]
+    layer.reset_state()
+    ep = torch.export.export(layer, (x, ones))
+    mod = ep.module()
+    with torch.no_grad():
+        got = [mod(x, ones), mod(x, ones)]
+    assert not torch.allclose(want[0], want[1], atol=1e-3)
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+
+
+@pytest.mark.caffe
+def test_caffe_filled_caffemodel_loads_into_net(tmp_path):
+    """Caffe fills RNN/LSTM blobs (gaussian/uniform), saves a caffemodel; load_net reads it into
+    our Net in the same order and shapes and the tops agree (also through an InnerProduct)."""
+    import _oracle
+    from caffe_compat.net import load_net
+
+    _oracle.require_oracle()
+    T, N, D, H = 4, 3, 5, 6
+    text = ('name: "seq"\n'
+            'layer { name: "data" type: "Input" top: "x" top: "cont" top: "xs" '
+            f'input_param {{ shape {{ dim: {T} dim: {N} dim: {D} }} shape {{ dim: {T} dim: {N} }} '
+            f'shape {{ dim: {N} dim: 2 }} }} }}\n'
+            'layer { name: "lstm1" type: "LSTM" bottom: "x" bottom: "cont" bottom: "xs" top: "h" '
+            f'recurrent_param {{ num_output: {H} weight_filler {{ type: "gaussian" std: 0.4 }} '
+            'bias_filler { type: "uniform" min: -0.5 max: 0.5 } } }\n'
+            'layer { name: "rnn1" type: "RNN" bottom: "h" bottom: "cont" top: "o" '
+            f'recurrent_param {{ num_output: {H - 1} weight_filler {{ type: "uniform" min: -0.6 max: 0.6 }} '
+            'bias_filler { type: "gaussian" std: 0.3 } } }\n'
+            'layer { name: "fc" type: "InnerProduct" bottom: "o" top: "y" '
+            'inner_product_param { num_output: 2 axis: 2 weight_filler { type: "gaussian" std: 0.5 } } }\n')
+    feeds = {"x": randn((T, N, D), 1), "cont": CONT[:T], "xs": randn((N, 2), 2)}
+    model = tmp_path / "seq.caffemodel"
+    proto = tmp_path / "seq.prototxt"
+    proto.write_text(text)
+    res = _oracle.caffe_run(text, inputs=feeds, seed=3, save_caffemodel=str(model))
+    net = load_net(str(proto), weights=str(model))
+    with torch.no_grad():
+        blobs = net.forward_all(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+    for name in ("h", "o", "y"):
+        assert_close(blobs[name], res["data"][name], rtol=1e-5, atol=1e-5, what=name)
+    assert np.abs(res["data"]["y"]).max() > 0.05  # the fillers really filled something

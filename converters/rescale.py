@@ -543,7 +543,7 @@ def rescale_blobs(param, blobs: "Dict[str, List[np.ndarray]]", images: Union[str
     with torch.no_grad():
         for name in trunk:
             for p, a in zip(params[name], blobs[name]):
-                p.copy_(torch.from_numpy(np.asarray(a, np.float32)).reshape(p.shape))
+                p.copy_(torch.from_numpy(np.array(a, np.float32)).reshape(p.shape))
     batches = _batches(x, "rois" in net.inputs, batch_size)
     rep = RescaleReport(mode, len(paths), size, beta=float(beta), trunk=trunk, heads=heads)
     if mode in ("within", "both"):

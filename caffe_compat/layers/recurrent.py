@@ -153,6 +153,9 @@ class _Recurrent(CaffeLayer):
 
     def forward(self, x, cont, *rest):
         T, n = x.shape[0], x.shape[1]
+        if T != self.T or tuple(cont.shape) != (T, n):  # RecurrentLayer::Reshape's CHECKs
+            raise shape_fail(self, f"x {tuple(x.shape)} and cont {tuple(cont.shape)} must be (T, N, ...) and "
+                                   f"(T, N) with T = {self.T} timesteps fixed at setup")
         cont = cont.detach().to(x.dtype)
         x_static = rest[0] if self.static_input else None
         if self.expose_hidden:

@@ -303,6 +303,12 @@ def test_errors_name_the_layer():
                    [(5, 3, 2), (5, 3), (1, 3, 2)], name="lstm1", n_tops=3)
     with pytest.raises(UnsupportedParameter, match=r"'rnn1'.*exactly 1 top\(s\) with expose_hidden: false, got 2"):
         make_layer("RNN", "recurrent_param { num_output: 2 }", [(5, 3, 2), (5, 3)], name="rnn1", n_tops=2)
+    layer = make_layer("RNN", "recurrent_param { num_output: 2 }", [(5, 3, 2), (5, 3)], name="rnn1")
+    layer(torch.zeros(5, 4, 2), torch.zeros(5, 4))  # N may change between calls, T may not
+    with pytest.raises(ShapeError, match=r"'rnn1'.*x \(6, 3, 2\) and cont \(6, 3\).*T = 5 timesteps"):
+        layer(torch.zeros(6, 3, 2), torch.zeros(6, 3))
+    with pytest.raises(ShapeError, match=r"'rnn1'.*cont \(5, 2\)"):
+        layer(torch.zeros(5, 3, 2), torch.zeros(5, 2))
     with pytest.raises(ShapeError, match=r"'u1' \(type LSTMUnit\).*4 \* H = 8 channels, got 9"):
         make_layer("LSTMUnit", "", [(1, 3, 2), (1, 3, 9), (1, 3)], name="u1", n_tops=2)
     with pytest.raises(ShapeError, match=r"'u1' \(type LSTMUnit\).*bottom\[2\] must have 2 axes"):

@@ -50,8 +50,11 @@ def _forget_gate(pre: torch.Tensor, cont: torch.Tensor) -> torch.Tensor:
     """
     s = torch.sigmoid(pre)
     f = cont * s
+    if not (torch.is_grad_enabled() and pre.requires_grad):
+        return f  # inference and export: the plain forward
     correction = (cont * s * s * (1 - cont)).detach()
-    return f + (pre - pre.detach()) * correction
+    zero = torch.where(torch.isfinite(pre), pre - pre.detach(), torch.zeros_like(pre))  # inf - inf is NaN
+    return f + zero * correction
 
 
 def lstm_unit(c_prev: torch.Tensor, gates: torch.Tensor, cont: torch.Tensor):

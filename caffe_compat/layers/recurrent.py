@@ -58,7 +58,10 @@ def _forget_gate(pre: torch.Tensor, cont: torch.Tensor) -> torch.Tensor:
 
 
 def lstm_unit(c_prev: torch.Tensor, gates: torch.Tensor, cont: torch.Tensor):
-    """One LSTMUnit step: (c, h) from c_prev (..., H), gates (..., 4H) in i, f, o, g order, cont broadcastable."""
+    """One LSTMUnit step: (c, h) from c_prev (..., H) and gates (..., 4H) in i, f, o, g order.
+
+    ``cont`` broadcasts against c_prev (one value per stream).
+    """
     H = c_prev.shape[-1]
     i = torch.sigmoid(gates[..., 0:H])
     f = _forget_gate(gates[..., H:2 * H], cont)
@@ -237,11 +240,13 @@ class LSTMUnit(CaffeLayer):
         n = c_prev[1] if len(c_prev) > 1 else None
         for j, (s, axes) in enumerate(((c_prev, 3), (gates, 3), (cont, 2))):
             if len(s) != axes or s[0] != 1 or s[1] != n:
-                raise shape_fail(self, f"bottom[{j}] must have {axes} axes, shaped (1, N{', ...' if axes == 3 else ''}) "
-                                       f"with N from bottom[0]; got shapes {self.bottom_shapes}")
+                form = "(1, N, ...)" if axes == 3 else "(1, N)"
+                raise shape_fail(self, f"bottom[{j}] must have {axes} axes, shaped {form} with N "
+                                       f"from bottom[0]; got shapes {self.bottom_shapes}")
         self.H = c_prev[2]
         if gates[2] != 4 * self.H:
-            raise shape_fail(self, f"bottom[1] (gates) must have 4 * H = {4 * self.H} channels, got {gates[2]}")
+            raise shape_fail(self, f"bottom[1] (gates) must have 4 * H = {4 * self.H} channels, "
+                                   f"got {gates[2]}")
         self.top_shapes = [c_prev, c_prev]
 
     def forward(self, c_prev, gates, cont):

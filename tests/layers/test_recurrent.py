@@ -150,9 +150,9 @@ def _n_recur(typ):
     return 2 if typ == "LSTM" else 1
 
 
-def _build(name, typ, static, expose, seed, dtype=torch.float32, layer_name="L"):
+def _build(name, typ, static, expose, cont, seed, dtype=torch.float32, layer_name="L"):
     """The layer, its bottoms (float32 arrays), params (float32) and top diffs."""
-    bottoms = [randn(X_SHAPE, seed), CONT if "soft" not in name else CONT_SOFT]
+    bottoms = [randn(X_SHAPE, seed), cont]
     if static:
         bottoms.append(randn(XS_SHAPE, seed + 1))
     if expose:
@@ -205,7 +205,7 @@ def _reference(typ, static, expose, bottoms, params, diffs):
 @pytest.mark.parametrize("name,typ,static,expose,cont", CONFIGS, ids=[c[0] for c in CONFIGS])
 def test_vs_numpy_port_float64(name, typ, static, expose, cont):
     # float64 removes rounding, so any formula difference (e.g. the f(1-f) diff) shows.
-    layer, _, bottoms, params, diffs = _build(name, typ, static, expose, seed=3, dtype=torch.float64)
+    layer, _, bottoms, params, diffs = _build(name, typ, static, expose, cont, seed=3, dtype=torch.float64)
     tops, gx, gp = _run(layer, bottoms, diffs, torch.float64)
     want_tops, want_gx, want_gp = _reference(typ, static, expose, bottoms, params, diffs)
     for j, (a, b) in enumerate(zip(tops, want_tops)):
@@ -235,13 +235,13 @@ def test_forget_gate_diff_is_caffes_not_autograds():
 
 
 def test_blob_shapes_and_top_shapes():
-    layer, *_ = _build("rnn_static_expose_soft", "RNN", True, True, 1)
+    layer, *_ = _build("rnn_static_expose_soft", "RNN", True, True, CONT_SOFT, 1)
     assert [tuple(p.shape) for p in layer.blobs] == [(4, 6), (4,), (4, 7), (4, 4), (4, 4), (4,)]
     assert layer.top_shapes == [(5, 3, 4), (1, 3, 4)]
-    layer, *_ = _build("lstm_static_expose_soft", "LSTM", True, True, 1)
+    layer, *_ = _build("lstm_static_expose_soft", "LSTM", True, True, CONT_SOFT, 1)
     assert [tuple(p.shape) for p in layer.blobs] == [(16, 6), (16,), (16, 7), (16, 4)]
     assert layer.top_shapes == [(5, 3, 4), (1, 3, 4), (1, 3, 4)]
-    layer, *_ = _build("lstm", "LSTM", False, False, 1)
+    layer, *_ = _build("lstm", "LSTM", False, False, CONT, 1)
     assert [tuple(p.shape) for p in layer.blobs] == [(16, 6), (16,), (16, 4)]
 
 
@@ -333,8 +333,9 @@ def test_against_real_caffe():
 
     _oracle.require_oracle()
     inputs, layers, feeds, params, diffs, ours = {}, [], {}, {}, {}, []
-    for i, (name, typ, static, expose, _cont) in enumerate(CONFIGS):
-        layer, body, bottoms, ps, ds = _build(name, typ, static, expose, seed=40 + 7 * i, layer_name=f"c{i}")
+    for i, (name, typ, static, expose, cont) in enumerate(CONFIGS):
+        layer, body, bottoms, ps, ds = _build(name, typ, static, expose, cont, seed=40 + 7 * i,
+                                              layer_name=f"c{i}")
         for j, b in enumerate(bottoms):
             inputs[f"c{i}_b{j}"], feeds[f"c{i}_b{j}"] = b.shape, b
         for j, d in enumerate(ds):
@@ -469,8 +470,8 @@ def test_onnx_export_matches_onnxruntime(name):
     import warnings
 
     ort = pytest.importorskip("onnxruntime")
-    _n, typ, static, expose, _c = next(c for c in CONFIGS if c[0] == name)
-    layer, _, bottoms, _, _ = _build(name, typ, static, expose, seed=5)
+    _n, typ, static, expose, cont = next(c for c in CONFIGS if c[0] == name)
+    layer, _, bottoms, _, _ = _build(name, typ, static, expose, cont, seed=5)
     xs = tuple(torch.from_numpy(b) for b in bottoms)
     with torch.no_grad():
         want = layer(*xs)
@@ -491,7 +492,7 @@ def test_onnx_export_matches_onnxruntime(name):
 
 
 def test_torch_export_keeps_the_carried_state():
-    layer, _, bottoms, _, _ = _build("lstm", "LSTM", False, False, seed=6)
+    layer, _, bottoms, _, _ = _build("lstm", "LSTM", False, False, CONT, seed=6)
     ones = torch.ones(CONT.shape)
     x = torch.from_numpy(bottoms[0])
     with torch.no_grad():

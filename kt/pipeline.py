@@ -40,15 +40,17 @@ class StageUnavailable(CaffeCompatError):
 
 # scikit-image's bundled photographs (public domain / CC0, shipped inside the wheel: no download)
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "brick", "grass", "gravel")
-PHOTO_SET_VERSION = 1
+PHOTO_SET_VERSION = 2
 
 
 def build_photo_set(out: str, *, crops_per_photo: int = 40, size: int = 96, val_fraction: float = 0.25,
                     photos: Sequence[str] = PHOTOS, seed: int = 0) -> Dict[str, str]:
     """Random crops of scikit-image photos, labelled by source photo, in ``out`` (cached).
 
-    Each crop is a random square covering 25-60% of the photo's shorter
-    side, resized to ``size`` and saved as PNG (BGR, 3 channels).  Writes
+    Each crop is a random square covering 15-50% of the photo's shorter
+    side, with a random contrast (x0.6-1.4) and brightness (-40..40) change so
+    that mean colour alone does not name the photo, resized to ``size`` and
+    saved as PNG (BGR, 3 channels).  Writes
     ``all.txt``, ``train.txt``, ``val.txt`` (``path label`` lists, paths
     relative to ``out``), ``classes.txt`` and ``photo_set.json``; a second
     call with the same parameters returns at once.
@@ -77,9 +79,10 @@ def build_photo_set(out: str, *, crops_per_photo: int = 40, size: int = 96, val_
         h, w = img.shape[:2]
         n_val = int(round(crops_per_photo * val_fraction))
         for i in range(crops_per_photo):
-            s = int(rng.uniform(0.25, 0.6) * min(h, w))
+            s = int(rng.uniform(0.15, 0.5) * min(h, w))
             y, x = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
             crop = cv2.resize(img[y:y + s, x:x + s], (size, size), interpolation=cv2.INTER_AREA)
+            crop = np.clip(crop * rng.uniform(0.6, 1.4) + rng.uniform(-40, 40), 0, 255).astype(np.uint8)
             rel = os.path.join("images", f"{name}_{i:03d}.png")
             ok, buf = cv2.imencode(".png", crop)
             with atomic_output(os.path.join(out, rel)) as f:

@@ -245,7 +245,6 @@ class _Stop(Exception):
 
 def _channel_stats(x) -> Tuple[np.ndarray, np.ndarray, int]:
     # per-channel sum and sum of squares (float64) over every axis except 1
-    import torch
     x = x.detach().double().transpose(0, 1).reshape(x.shape[1], -1)
     return x.sum(1).numpy(), (x * x).sum(1).numpy(), int(x.shape[1])
 

@@ -289,15 +289,23 @@ def parse_model(spec: str) -> Tuple[str, Optional[str]]:
     return proto, (weights or None)
 
 
+_DATA_LAYERS = ("Data", "ImageData", "HDF5Data", "WindowData", "MemoryData", "Python", "DummyData")
+
+
 def checkpoint_prototxt(ckpt: str) -> str:
-    """The deploy prototxt of a caffemodel our trainers wrote: ``deploy.prototxt`` in its folder."""
+    """The net of a caffemodel our trainers wrote: ``deploy.prototxt`` in its folder (train-cc writes
+    one), else the caffemodel's own layer list when its inputs are Input layers (Jigsaw++ snapshots)."""
+    from caffe_compat.io import read_net
     if not os.path.isfile(ckpt):
         raise CaffeFormatError("checkpoint not found", ckpt)
     proto = os.path.join(os.path.dirname(os.path.abspath(ckpt)), "deploy.prototxt")
-    if not os.path.isfile(proto):
-        raise CaffeFormatError("no deploy.prototxt beside the checkpoint (train-cc writes one); "
-                               "give the net with --model PROTOTXT:WEIGHTS instead", ckpt)
-    return proto
+    if os.path.isfile(proto):
+        return proto
+    layers = read_net(ckpt).layer
+    if layers and not any(lp.type in _DATA_LAYERS for lp in layers):
+        return ckpt
+    raise CaffeFormatError("no deploy.prototxt beside the checkpoint, and its own net reads from data "
+                           "layers; give the net with --model PROTOTXT:WEIGHTS instead", ckpt)
 
 
 def load_model(model: Optional[str] = None, checkpoint: Optional[str] = None, input_size: Optional[int] = None):

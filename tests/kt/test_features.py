@@ -135,13 +135,25 @@ def test_model_errors(tmp_path, model, images):
     with pytest.raises(CaffeCompatError, match="end in .npy or .f32"):
         F.extract(images, str(tmp_path / "a.bin"), model=model, blob="conv1", progress=False)
     w = model.rsplit(":", 1)[1]
-    with pytest.raises(CaffeFormatError, match="no deploy.prototxt beside the checkpoint"):
-        F.extract(images, str(tmp_path / "a.npy"), checkpoint=w, blob="conv1", progress=False)
+    # without deploy.prototxt: the caffemodel's own layers (Input-fed) are the net
+    own = np.array(F.extract(images, str(tmp_path / "o.npy"), checkpoint=w, blob="fc", progress=False))
+    from caffe_compat.net import load_net
+    from caffe_compat.weights import save_caffemodel
+    train = tmp_path / "t" / "train.prototxt"
+    train.parent.mkdir()
+    train.write_text(NET.replace('type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 12 dim: 12 } }',
+                                 'type: "ImageData" top: "data" top: "label" image_data_param { source: "x" batch_size: 1 }'))
+    save_caffemodel(load_net(str(train), input_shapes={"data": (1, 3, 12, 12), "label": (1,)}),
+                    str(tmp_path / "t" / "m.caffemodel"))
+    with pytest.raises(CaffeFormatError, match="no deploy.prototxt beside the checkpoint, and its own net reads"):
+        F.extract(images, str(tmp_path / "a.npy"), checkpoint=str(tmp_path / "t" / "m.caffemodel"), blob="fc",
+                  progress=False)
     # with deploy.prototxt beside it, a checkpoint loads like PROTOTXT:WEIGHTS
     (tmp_path / "deploy.prototxt").write_text(NET)
     a = np.array(F.extract(images, str(tmp_path / "c.npy"), checkpoint=w, blob="fc", progress=False))
     b = np.array(F.extract(images, str(tmp_path / "d.npy"), model=model, blob="fc", progress=False))
     np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(own, b)
 
 
 def test_tile_mvn_preprocessing(images):

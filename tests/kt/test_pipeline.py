@@ -157,3 +157,13 @@ def test_small_scale_end_to_end_on_photos(tmp_path, monkeypatch):
     acc = np.array([[float(v) for v in r[1:]] for r in rows[1:]])
     assert acc.shape == (3, 5) and (acc > 0.125).all()           # above the 8-photo chance everywhere
     print((tmp_path / "w/probes/probes.md").read_text())
+
+
+def test_cli_run_plan_and_unknown_config(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CAFFEKT_CACHE", str(tmp_path / "cache"))
+    assert main(["kt", "run", "hog_cc_small", "--plan", "--workdir", str(tmp_path / "w")]) == 0
+    out = capsys.readouterr().out
+    assert [l.split()[0] for l in out.splitlines()] == ["[photos]", "[hog]", "[cluster]", "[train-cc]", "[probe]"]
+    assert main(["kt", "run", "no_such_config"]) == 2
+    assert "nor a shipped config (shipped: context_cc" in capsys.readouterr().err
+    assert main(["kt", "run", "--list"]) == 0 and "jigsawpp_vgg16_cc_small" in capsys.readouterr().out

@@ -707,6 +707,7 @@ class TrainLog:
         if self.path:
             self._w.writerow([solver.iter, f"{loss:.6g}", f"{solver.smoothed_loss:.6g}", f"{solver.rate:.6g}",
                               f"{secs:.3f}"])
+            self._f.flush()  # a log one can follow while training runs
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{solver.smoothed_loss:.4f}", lr=f"{solver.rate:.3g}")

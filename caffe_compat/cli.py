@@ -38,6 +38,8 @@ COMMANDS = {
                 "weights between caffemodel, safetensors and .pt; rename/drop/reinit/fold layers"),
     "jigsaw": ("caffe_compat.commands.jigsaw_cmd",
                "Jigsaw++ pretext task: permutation sets, stored images, train, eval"),
+    "demo": ("caffe_compat.commands.demo_cmd",
+             "the paper's story end to end on scikit-image's photos, small, with a report folder"),
 }
 
 

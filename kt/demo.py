@@ -1,0 +1,419 @@
+"""``caffekt demo``: the paper's whole story, small, on photos that ship with scikit-image.
+
+Stages (each a ``kt.pipeline`` stage unless said otherwise):
+
+1. ``photos``   random crops of scikit-image's bundled photos, labelled by source
+                photo, built once under ``<cache>/demo-photos`` (``build_photo_set``);
+2. ``jigsaw``   a Jigsaw++ teacher: the paper's puzzles (9 tiles, permutation
+                classes, occluding tiles from another image), fewer iterations
+                and permutations, every convolution narrowed by ``jigsaw_width``;
+3. ``features`` + ``cluster``  teacher conv5, pooled 3x3, L2, k-means -> pseudo-labels;
+4. ``train-cc`` the stride-4 AlexNet student trained to predict the clusters;
+5. ``probe``    linear probes on conv1..conv5 of random init, teacher and student;
+6. (here)       the student exported to a Fast R-CNN CaffeNet caffemodel (then
+                loaded strictly into ``frcnn_target("caffenet")``) and to ONNX
+                (run in onnxruntime against our module);
+7. (here)       ``report/report.md`` with the numbers of this run and its figures.
+
+Every figure and number in the report is computed by the run that writes it:
+the work folder is emptied first (only when it is one this module made).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+from caffe_compat.binary import atomic_output
+from caffe_compat.errors import CaffeCompatError
+
+STAMP = "caffekt-demo.json"       # marks a folder as ours, so a rerun may empty it
+TILE_INPUT = 64                   # the pretext tile and the student's crop
+
+
+@dataclass(frozen=True)
+class DemoScale:
+    """How big each stage is; ``SCALES`` holds the two the command offers."""
+
+    name: str
+    crops_per_photo: int = 40
+    photo_size: int = 96
+    jigsaw_iter: int = 150
+    jigsaw_batch: int = 16
+    jigsaw_width: float = 0.25
+    jigsaw_perms: int = 30
+    jigsaw_fc6: int = 256
+    jigsaw_fc7: int = 256
+    jigsaw_lr: float = 0.01
+    puzzles_eval: int = 160
+    k: int = 16
+    cc_iter: int = 300
+    cc_batch: int = 32
+    cc_lr: float = 0.01
+    probe_epochs: int = 40
+
+
+SCALES: Dict[str, DemoScale] = {
+    "full": DemoScale("full"),
+    "quick": DemoScale("quick", jigsaw_iter=20, jigsaw_batch=8, puzzles_eval=40, cc_iter=40,
+                       probe_epochs=15),
+}
+
+
+# ------------------------------------------------------------------ the teacher's deploy
+
+
+def tower_deploy_param(arch: str = "alexnet", width: float = 1.0, fc6: int = 1024, tile: int = TILE_INPUT):
+    """Tower 1 of ``kt.jigsaw.cfn_net_param`` as a one-tile deploy (Input ``data`` 1x3xTxT).
+
+    Kept: every layer whose bottoms all descend from ``tile1`` (so the
+    other towers, the concat and the classifier drop out), with ``tile1``
+    renamed ``data``; the layer names are the teacher's, so its caffemodel
+    loads by name as into ``prototxt/jigsaw_cfn_tower_s2_deploy.prototxt``
+    (which is this net at width 1, alexnet).
+    """
+    from caffe_compat.proto import caffe_pb2
+
+    from .jigsaw import cfn_net_param
+
+    src = cfn_net_param(n_perms=2, arch=arch, batch_size=1, width=width, fc6=fc6, fc7=2, dropout=0)
+    net = caffe_pb2.NetParameter(name=f"jigsaw_cfn_tower_{arch}_w{width:g}")
+    inp = net.layer.add(name="data", type="Input", top=["data"])
+    inp.input_param.shape.add().dim.extend([1, 3, tile, tile])
+    reach = {"tile1"}
+    for lp in src.layer:
+        if lp.bottom and all(b in reach for b in lp.bottom):
+            new = net.layer.add()
+            new.CopyFrom(lp)
+            new.bottom[:] = ["data" if b == "tile1" else b for b in lp.bottom]
+            reach.update(lp.top)
+    return net
+
+
+def write_tower_deploy(path: str, **kw) -> str:
+    from caffe_compat.prototxt import write_prototxt
+    write_prototxt(tower_deploy_param(**kw), path)
+    return path
+
+
+# ------------------------------------------------------------------ the pipeline config
+
+
+def demo_config(out: str, scale: DemoScale, seed: int = 0, cache_dir: Optional[str] = None,
+                progress: bool = True) -> dict:
+    """The ``kt.pipeline`` config of the demo (already resolved: absolute paths, no ``{var}``)."""
+    from .pipeline import default_cache_dir
+
+    work = os.path.join(os.path.abspath(out), "work")
+    photos = os.path.join(cache_dir or default_cache_dir(), "demo-photos")
+    deploy = os.path.join(work, "teacher_deploy.prototxt")
+    teacher = os.path.join(work, "jigsaw", "teacher.caffemodel")
+    cc = os.path.join(work, "cc")
+    return {
+        "name": f"demo_{scale.name}",
+        "workdir": work,
+        "path": "(caffekt demo)",
+        "teacher_deploy": deploy,
+        "stages": [
+            {"name": "photos", "kind": "photos", "out": photos, "crops_per_photo": scale.crops_per_photo,
+             "size": scale.photo_size},
+            {"name": "jigsaw", "kind": "jigsaw", "images": os.path.join(photos, "train.txt"),
+             "out": os.path.join(work, "jigsaw"), "arch": "alexnet", "perms": scale.jigsaw_perms,
+             "max_iter": scale.jigsaw_iter, "batch_size": scale.jigsaw_batch, "snapshot": scale.jigsaw_iter,
+             "seed": seed, "width": scale.jigsaw_width, "fc6": scale.jigsaw_fc6, "fc7": scale.jigsaw_fc7,
+             "base_lr": scale.jigsaw_lr, "progress": progress},
+            {"name": "features", "kind": "features", "images": os.path.join(photos, "all.txt"),
+             "out": os.path.join(work, "teacher_features.npy"), "model": f"{deploy}:{teacher}",
+             "blob": "conv5", "preprocess": "tile-mvn", "l2": True, "batch_size": 32, "pool_grid": 3,
+             "progress": progress},
+            {"name": "cluster", "kind": "cluster", "features": os.path.join(work, "teacher_features.npy"),
+             "k": scale.k, "out": os.path.join(work, "pseudo_labels.txt"), "seed": seed,
+             "truth": os.path.join(photos, "all.txt"), "montage": os.path.join(work, "clusters.png"),
+             "hist_png": os.path.join(work, "cluster_sizes.png")},
+            {"name": "train-cc", "kind": "train-cc", "labels": os.path.join(work, "pseudo_labels.txt"),
+             "out": cc, "arch": "alexnet", "progress": progress,
+             "recipe": {"batch_size": scale.cc_batch, "resize": 72, "crop_size": TILE_INPUT,
+                        "max_iter": scale.cc_iter, "stepsize": max(1, (2 * scale.cc_iter) // 3),
+                        "snapshot": scale.cc_iter, "display": 10, "base_lr": scale.cc_lr,
+                        "random_seed": seed}},
+            {"name": "probe", "kind": "probe", "progress": progress,
+             "models": {"student (CC, AlexNet s4)": f"{cc}/deploy.prototxt:{cc}/final.caffemodel",
+                        "teacher (Jigsaw++ tower)": f"{deploy}:{teacher}"},
+             "train": os.path.join(photos, "train.txt"), "val": os.path.join(photos, "val.txt"),
+             "out": os.path.join(work, "probes"), "input_size": TILE_INPUT,
+             "settings": {"epochs": scale.probe_epochs, "lr": 0.01, "batch_size": 32, "seed": seed}},
+        ],
+    }
+
+
+# ------------------------------------------------------------------ the run
+
+
+@dataclass
+class DemoResult:
+    out: str
+    report: str
+    ok: bool
+    summary: dict = field(default_factory=dict)
+
+
+def _prepare(out: str) -> None:
+    """Make ``out`` ours and empty of an earlier demo; refuse a folder that holds other things."""
+    out = os.path.abspath(out)
+    stamp = os.path.join(out, STAMP)
+    if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(stamp):
+        raise CaffeCompatError(f"{out} exists and is not a caffekt demo folder (no {STAMP}); "
+                               "give an empty or new folder with --out")
+    for sub in ("work", "report", "export"):
+        p = os.path.join(out, sub)
+        if os.path.isdir(p):
+            shutil.rmtree(p)
+    os.makedirs(out, exist_ok=True)
+
+
+def _write_text(path: str, text: str) -> None:
+    with atomic_output(path) as f:
+        f.write(text.encode("utf-8"))
+
+
+def loss_curves_png(logs: Dict[str, str], out_png: str) -> None:
+    """One panel per training log (loss and smoothed loss against the iteration)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from caffe_compat.logs import read_log
+
+    fig, axes = plt.subplots(1, len(logs), figsize=(5.5 * len(logs), 3.6), squeeze=False)
+    for ax, (title, path) in zip(axes[0], logs.items()):
+        cols = read_log(path)
+        ax.plot(cols["iter"], cols["loss"], lw=0.8, alpha=0.45, label="loss")
+        if "smoothed_loss" in cols:
+            ax.plot(cols["iter"], cols["smoothed_loss"], lw=1.8, label="smoothed loss")
+        ax.set_title(title)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("softmax loss")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper right")
+    fig.tight_layout()
+    with atomic_output(out_png) as f:
+        fig.savefig(f, format="png", dpi=90)
+    plt.close(fig)
+
+
+def _final_loss(path: str, last: int = 10) -> Dict[str, float]:
+    from caffe_compat.logs import read_log
+    cols = read_log(path)
+    loss = cols["loss"][~np.isnan(cols["loss"])]
+    return {"first": float(loss[0]), "last_mean": float(loss[-last:].mean()), "iterations": int(len(loss))}
+
+
+def puzzle_accuracy(teacher: str, images: str, perms: int, perm_seed: int, puzzles: int, seed: int) -> dict:
+    """Puzzle accuracy of the trained 9-tower net on puzzles of held-out images (``kt.jigsaw.evaluate``)."""
+    from .images import open_images
+    from .jigsaw import PuzzleSource, evaluate, load_eval_net
+    from .permutations import generate_permutations
+    from .puzzle import PuzzleConfig
+
+    net = load_eval_net(teacher, batch_size=20)
+    source = PuzzleSource(open_images(images=images), generate_permutations(perms, seed=perm_seed),
+                          PuzzleConfig(normalize=False), seed=seed)
+    return evaluate(net, source, puzzles=puzzles)
+
+
+def export_student(cc_dir: str, export_dir: str, seed: int = 0) -> dict:
+    """The student as a Fast R-CNN CaffeNet caffemodel (checked by a strict load) and as ONNX (checked in onnxruntime)."""
+    import torch
+
+    from caffe_compat.net import load_net
+    from caffe_compat.weights import copy_trained_layers
+    from caffekt.converters.fast_rcnn import export_frcnn, frcnn_target
+    from caffekt.converters.onnx_export import export_onnx_file
+
+    os.makedirs(export_dir, exist_ok=True)
+    deploy = os.path.join(cc_dir, "deploy.prototxt")
+    weights = os.path.join(cc_dir, "final.caffemodel")
+    frcnn_path = os.path.join(export_dir, "student_frcnn_caffenet.caffemodel")
+    frep = export_frcnn(f"{deploy}:{weights}", "caffenet", frcnn_path, seed=seed)
+    # what Fast R-CNN's solver will do with it: CopyTrainedLayersFrom, shapes checked, nothing left out
+    target = load_net(frcnn_target("caffenet"), phase="TEST")
+    load = copy_trained_layers(target, frcnn_path, strict=True)
+    student = load_net(deploy, weights=weights, phase="TEST", input_shapes={"data": (1, 3, TILE_INPUT, TILE_INPUT)})
+    sb, tb = student.blobs_by_layer, target.blobs_by_layer
+    convs = [n for n in tb if n.startswith("conv")]
+    conv_equal = bool(convs) and all(torch.equal(a.detach(), b.detach()) for n in convs
+                                     for a, b in zip(sb[n], tb[n]))
+    onnx_path = os.path.join(export_dir, "student_alexnet_s4.onnx")
+    orep = export_onnx_file(deploy, weights, onnx_path, input_shapes={"data": (1, 3, TILE_INPUT, TILE_INPUT)},
+                            seed=seed)
+    shutil.copyfile(deploy, os.path.join(export_dir, "student_deploy.prototxt"))
+    return {
+        "frcnn": {"path": frcnn_path, "bytes": frep.nbytes, "copied": frep.copied,
+                  "initialised": [n for n, _ in frep.initialised], "report": str(frep),
+                  "strict_load_copied": load.copied, "strict_load_untouched": load.untouched,
+                  "conv_weights_equal_student": bool(conv_equal),
+                  "ok": bool(not load.untouched and not load.mismatched and conv_equal)},
+        "onnx": {"path": onnx_path, "written": orep.written, "checker": orep.checker, "rtol": orep.rtol,
+                 "outputs": [{"name": o.name, "shape": list(o.shape), "max_abs_err": o.max_abs_err,
+                              "max_rel_err": o.max_rel_err, "ok": o.ok} for o in orep.outputs],
+                 "report": str(orep), "ok": bool(orep.ok)},
+    }
+
+
+def run_demo(out: str = "caffekt-demo", *, quick: bool = False, seed: int = 0, cache_dir: Optional[str] = None,
+             progress: bool = True, log: Callable[[str], None] = print) -> DemoResult:
+    """Run the demo into ``out`` (``work/``, ``export/``, ``report/``); see the module doc."""
+    from . import pipeline
+
+    scale = SCALES["quick" if quick else "full"]
+    t_all = time.perf_counter()
+    out = os.path.abspath(out)
+    _prepare(out)
+    _write_text(os.path.join(out, STAMP), json.dumps({"scale": asdict(scale), "seed": seed}, indent=1))
+    cfg = demo_config(out, scale, seed, cache_dir, progress)
+    os.makedirs(cfg["workdir"], exist_ok=True)
+    write_tower_deploy(cfg["teacher_deploy"], arch="alexnet", width=scale.jigsaw_width, fc6=scale.jigsaw_fc6)
+    steps = len(cfg["stages"]) + 2
+    times: Dict[str, float] = {}
+    quiet = lambda line: None if line.endswith("(outputs present)") else log(line)   # noqa: E731
+    for i, st in enumerate(cfg["stages"], 1):
+        log(f"== [{i}/{steps}] {STAGE_TITLES[st['name']]}")
+        t0 = time.perf_counter()
+        pipeline.run(cfg, stop_after=st["name"], log=quiet)
+        times[st["name"]] = time.perf_counter() - t0
+    work = cfg["workdir"]
+    photos = cfg["stages"][0]["out"]
+
+    log(f"== [{steps - 1}/{steps}] exporting the student (Fast R-CNN caffemodel, ONNX) and checking both")
+    t0 = time.perf_counter()
+    exports = export_student(os.path.join(work, "cc"), os.path.join(out, "export"), seed=seed)
+    times["export"] = time.perf_counter() - t0
+    log(exports["frcnn"]["report"])
+    log(exports["onnx"]["report"])
+
+    log(f"== [{steps}/{steps}] writing the report")
+    t0 = time.perf_counter()
+    puzzles = puzzle_accuracy(os.path.join(work, "jigsaw", "teacher.caffemodel"), os.path.join(photos, "val.txt"),
+                              scale.jigsaw_perms, seed, scale.puzzles_eval, seed + 1000)
+    times["puzzle eval"] = time.perf_counter() - t0
+    summary = _summary(cfg, scale, seed, exports, puzzles, times)
+    summary["seconds"]["total (before the report)"] = time.perf_counter() - t_all
+    report_dir = os.path.join(out, "report")
+    write_report(report_dir, cfg, summary)
+    summary["seconds"]["total"] = time.perf_counter() - t_all
+    _write_text(os.path.join(report_dir, "summary.json"), json.dumps(summary, indent=1))
+    ok = exports["frcnn"]["ok"] and exports["onnx"]["ok"]
+    report = os.path.join(report_dir, "report.md")
+    log(f"demo {'finished' if ok else 'FAILED a check'} in {summary['seconds']['total']:.0f}s; "
+        f"report: {report}")
+    return DemoResult(out, report, ok, summary)
+
+
+STAGE_TITLES = {
+    "photos": "the image set: crops of scikit-image's photos, labelled by photo (cached)",
+    "jigsaw": "training a small Jigsaw++ teacher (9 tiles, occluders, reduced width/iterations)",
+    "features": "teacher features: conv5, pooled 3x3, L2-normalised",
+    "cluster": "k-means on the teacher features -> pseudo-labels",
+    "train-cc": "training the stride-4 AlexNet student on the pseudo-labels (cluster classification)",
+    "probe": "linear probes on conv1..conv5: random init, teacher, student",
+}
+
+
+def _summary(cfg: dict, scale: DemoScale, seed: int, exports: dict, puzzles: dict, times: dict) -> dict:
+    import csv
+
+    work = cfg["workdir"]
+    photos = cfg["stages"][0]["out"]
+    with open(os.path.join(photos, "photo_set.json"), encoding="utf-8") as f:
+        photo_params = json.load(f)
+    from .labels import read_list
+    counts = {part: len(read_list(os.path.join(photos, f"{part}.txt"))[0]) for part in ("train", "val")}
+    _, yval = read_list(os.path.join(photos, "val.txt"))
+    with open(os.path.join(work, "pseudo_labels.json"), encoding="utf-8") as f:
+        clusters = json.load(f)
+    probes: Dict[str, Dict[str, float]] = {}
+    with open(os.path.join(work, "probes", "probes.csv"), newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    for row in rows[1:]:
+        probes[row[0]] = {l: float(v) for l, v in zip(rows[0][1:], row[1:]) if v != ""}
+    return {
+        "scale": asdict(scale), "seed": seed, "photo_set": {**photo_params, "dir": photos, **counts},
+        "probe_chance": float(np.bincount(yval).max() / len(yval)),
+        "jigsaw": {**_final_loss(os.path.join(work, "jigsaw", "train_log.csv")), "puzzles": puzzles},
+        "cluster": {k: clusters[k] for k in ("k", "images", "objective_per_image", "empty_clusters", "sizes",
+                                             "nmi", "purity") if k in clusters},
+        "cc": _final_loss(os.path.join(work, "cc", "cc_log.csv")),
+        "probes": probes, "exports": exports, "seconds": dict(times),
+    }
+
+
+def write_report(report_dir: str, cfg: dict, s: dict) -> None:
+    """``report.md`` and its figures, from ``s`` (the run's summary) and the work folder."""
+    from .probes import table_markdown
+
+    work = cfg["workdir"]
+    os.makedirs(report_dir, exist_ok=True)
+    loss_curves_png({"Jigsaw++ teacher (puzzle classes)": os.path.join(work, "jigsaw", "train_log.csv"),
+                     "CC student (cluster classes)": os.path.join(work, "cc", "cc_log.csv")},
+                    os.path.join(report_dir, "loss_curves.png"))
+    for name in ("clusters.png", "cluster_sizes.png"):
+        shutil.copyfile(os.path.join(work, name), os.path.join(report_dir, name))
+    for name in ("probes.png", "probes.csv"):
+        shutil.copyfile(os.path.join(work, "probes", name), os.path.join(report_dir, name))
+    sc, ph, jg, cl, ex = s["scale"], s["photo_set"], s["jigsaw"], s["cluster"], s["exports"]
+    pz = jg["puzzles"]
+    fr, ox = ex["frcnn"], ex["onnx"]
+    best = {m: max(r.values()) for m, r in s["probes"].items()}
+    L = [f"# caffekt demo report ({sc['name']} scale, seed {s['seed']})", "",
+         "Every number below was computed by the run that wrote this file.", "",
+         "## Data", "",
+         f"{ph['train'] + ph['val']} random crops ({ph['size']}x{ph['size']}) of {len(ph['photos'])} photos "
+         f"that scikit-image ships ({', '.join(ph['photos'])}), labelled by source photo: "
+         f"{ph['train']} train / {ph['val']} val. Cached in `{ph['dir']}`.", "",
+         "## Teacher: Jigsaw++", "",
+         f"9-tower AlexNet (conv1 stride 2, widths x{sc['jigsaw_width']:g}, fc6 {sc['jigsaw_fc6']} per tile, "
+         f"fc7 {sc['jigsaw_fc7']}), {sc['jigsaw_perms']} permutations, {jg['iterations']} iterations of "
+         f"batch {sc['jigsaw_batch']} on the train crops. Loss {jg['first']:.3f} at the first iteration, "
+         f"{jg['last_mean']:.3f} averaged over the last 10 (chance level ln {sc['jigsaw_perms']} = "
+         f"{np.log(sc['jigsaw_perms']):.3f}).", "",
+         f"Puzzle accuracy on {pz['puzzles']} puzzles of the val crops: {100 * pz['accuracy']:.1f}% "
+         f"(chance {100 * pz['chance']:.1f}%).", "",
+         "## Clusters: teacher conv5 -> k-means", "",
+         f"k = {cl['k']} on {cl['images']} images; NMI with the photo labels {cl.get('nmi', float('nan')):.3f}, "
+         f"purity {cl.get('purity', float('nan')):.3f}, empty clusters {cl['empty_clusters']}, "
+         f"sizes {min(cl['sizes'])}..{max(cl['sizes'])}.", "",
+         "![clusters](clusters.png)", "", "![cluster sizes](cluster_sizes.png)", "",
+         "## Student: cluster classification", "",
+         f"Stride-4 AlexNet (full width) on {TILE_INPUT}x{TILE_INPUT} crops, {s['cc']['iterations']} iterations "
+         f"of batch {sc['cc_batch']}: loss {s['cc']['first']:.3f} -> {s['cc']['last_mean']:.3f} "
+         f"(last 10; chance ln {cl['k']} = {np.log(cl['k']):.3f}).", "",
+         "![loss curves](loss_curves.png)", "",
+         "## Linear probes (photo labels)", "",
+         table_markdown(s["probes"], s["probe_chance"]).rstrip(), "",
+         "Best layer per model: " + ", ".join(f"{m} {100 * v:.1f}%" for m, v in best.items()) + ".", "",
+         "![probes](probes.png)", "",
+         "## Exports", "",
+         f"**Fast R-CNN CaffeNet** (`{os.path.relpath(fr['path'], os.path.dirname(report_dir))}`, {fr['bytes']} "
+         f"bytes): loaded with a strict `CopyTrainedLayersFrom` into the built-in Fast R-CNN CaffeNet test net: "
+         f"{len(fr['strict_load_copied'])} layers copied, {len(fr['strict_load_untouched'])} left with fillers; "
+         f"conv1..conv5 equal to the student's: {'yes' if fr['conv_weights_equal_student'] else 'NO'}.", "",
+         "```", fr["report"], "```", "",
+         f"**ONNX** (`{os.path.relpath(ox['path'], os.path.dirname(report_dir))}`): onnx.checker {ox['checker']}; "
+         f"onnxruntime against our module:", "",
+         "| output | shape | max abs error | max rel error | within rtol " + f"{ox['rtol']:g} |",
+         "|---|---|---:|---:|---|"]
+    L += [f"| {o['name']} | {'x'.join(map(str, o['shape']))} | {o['max_abs_err']:.3g} | {o['max_rel_err']:.3g} | "
+          f"{'yes' if o['ok'] else 'NO'} |" for o in ox["outputs"]]
+    L += ["", "## Time", "", "| stage | seconds |", "|---|---:|"]
+    L += [f"| {k} | {v:.1f} |" for k, v in s["seconds"].items()]
+    L += ["", "Scale settings: `" + json.dumps(sc) + "`", ""]
+    _write_text(os.path.join(report_dir, "report.md"), "\n".join(L))
+
+
+__all__ = ["DemoScale", "SCALES", "DemoResult", "run_demo", "demo_config", "tower_deploy_param",
+           "write_tower_deploy", "export_student", "puzzle_accuracy", "loss_curves_png", "write_report"]

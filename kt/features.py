@@ -323,12 +323,16 @@ def load_model(model: Optional[str] = None, checkpoint: Optional[str] = None, in
         raise CaffeFormatError("model prototxt not found", proto)
     if weights is not None and not os.path.isfile(weights):
         raise CaffeFormatError("model weights not found", weights)
-    net = load_net(proto, weights=weights, phase="TEST", strict=False)
-    if input_size:
-        name = net.inputs[0]
-        shape = list(net.blob_shapes[name])
-        shape[2:] = [int(input_size), int(input_size)]
-        net = load_net(proto, weights=weights, phase="TEST", strict=False, input_shapes={name: shape})
+    shapes = None
+    if input_size:   # the first Input layer's shape with a new H x W: the net is built once
+        from caffe_compat.io import read_net
+        first = next((lp for lp in read_net(proto).layer if lp.type == "Input" and len(lp.input_param.shape)),
+                     None)
+        if first is None:
+            raise CaffeCompatError(f"{proto}: input_size needs an Input layer with a shape")
+        shape = list(first.input_param.shape[0].dim)
+        shapes = {first.top[0]: shape[:2] + [int(input_size), int(input_size)]}
+    net = load_net(proto, weights=weights, phase="TEST", strict=False, input_shapes=shapes)
     net.eval()
     return net, proto, weights
 

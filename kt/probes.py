@@ -91,12 +91,10 @@ def plan_heads(net, layers: Sequence[str] = LAYERS) -> List[Head]:
     missing = [l for l in layers if l not in net.blob_shapes]
     if missing:
         raise CaffeCompatError(f"net has no blob {missing[0]!r} to probe; blobs: {', '.join(net.blob_shapes)}")
-    stride2 = False
-    try:
-        conv1 = net.layer("conv1")
-        st = getattr(conv1, "stride", None)
+    try:   # the FAIR table is for the stride-2 tower; any other net gets computed pooling
+        st = getattr(net.layer("conv1"), "stride", None)
         stride2 = st is not None and tuple(np.atleast_1d(st))[0] == 2
-    except Exception:   # a net without a conv1 layer module: computed pooling only
+    except KeyError:
         stride2 = False
     heads = []
     for l in layers:

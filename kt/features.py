@@ -203,6 +203,70 @@ def write_rows(out: str, req: Request, rows: Callable[[np.ndarray], np.ndarray],
     return arr
 
 
+def env_shard() -> Optional[Tuple[int, int]]:
+    """(rank, world) under torchrun (``RANK``/``WORLD_SIZE``), or None in a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    return (int(os.environ.get("RANK", "0") or 0), world) if world > 1 else None
+
+
+def shard_path(out: str, rank: int, world: int) -> str:
+    stem, ext = os.path.splitext(out)
+    return f"{stem}.shard{rank}of{world}{ext}"
+
+
+def write_sharded(out: str, req: Request, rows: Callable[[np.ndarray], np.ndarray], rank: int, world: int, *,
+                  wait_s: float = 3600.0, **kw) -> Optional[np.ndarray]:
+    """``write_rows`` split over ``world`` processes: rank r writes the contiguous rows
+    [r*n/world, (r+1)*n/world) to its own resumable shard file; rank 0 waits for every shard, joins them
+    into ``out`` (with the one manifest a single process would write) and removes them.  Only rank 0
+    returns the rows; the others return None."""
+    import time
+    if not 0 <= rank < world:
+        raise CaffeCompatError(f"rank {rank} is outside a world of {world} processes")
+    n = len(req.images)
+    cuts = [r * n // world for r in range(world + 1)]
+    lo, hi = cuts[rank], cuts[rank + 1]
+    part = Request(req.images[lo:hi], req.source, {**req.options, "shard": [rank, world]})
+    if hi > lo:
+        write_rows(shard_path(out, rank, world), part, lambda idx: rows(idx + lo), **kw)
+    if rank != 0:
+        return None
+    man_p = manifest_path(out)
+    if os.path.isfile(man_p):
+        man = _read_json(man_p)
+        _mismatch(man, req, man_p)
+        if man.get("complete"):
+            return _open_rows(out, n, int(man["dim"]), create=False)
+    deadline = time.monotonic() + wait_s
+    todo = [r for r in range(world) if cuts[r + 1] > cuts[r]]
+    while True:
+        waiting = [r for r in todo if not (os.path.isfile(manifest_path(shard_path(out, r, world)))
+                                           and _read_json(manifest_path(shard_path(out, r, world))).get("complete"))]
+        if not waiting:
+            break
+        if time.monotonic() > deadline:
+            raise CaffeCompatError(f"{out}: shards of ranks {waiting} did not finish within {wait_s:.0f}s")
+        time.sleep(0.5)
+    shards = [(r, load_features(shard_path(out, r, world))[0]) for r in todo]
+    dim = int(shards[0][1].shape[1])
+    arr = _open_rows(out, n, dim, create=True)
+    for r, x in shards:
+        arr[cuts[r]:cuts[r + 1]] = x
+    arr.flush()
+    _write_json(man_p, {"format": FORMAT, "version": VERSION, "data": os.path.basename(out),
+                        "layout": _layout(out), "images": list(req.images), "source": req.source,
+                        "options": req.options, "dtype": "float32", "dim": dim, "rows_done": n,
+                        "complete": True, "shards": world})
+    for r, _ in shards:
+        os.remove(shard_path(out, r, world))
+        os.remove(manifest_path(shard_path(out, r, world)))
+    return arr
+
+
+def _write(out, req, rows, shard, **kw):
+    return write_rows(out, req, rows, **kw) if shard is None else write_sharded(out, req, rows, *shard, **kw)
+
+
 # ---------------------------------------------------------------- post-processing
 
 
@@ -413,8 +477,14 @@ def extract(images: Sequence[str], out: str, *, model: Optional[str] = None, che
             input_size: Optional[int] = None, resize: Optional[int] = None, scale: float = 1.0,
             pool_grid: Optional[int] = None, l2: bool = False,
             pca: Optional[int] = None, whiten: bool = False, pca_sample: int = 100000, seed: int = 0,
-            batch_size: int = 64, progress: bool = True, on_batch=None, device=None) -> np.ndarray:
-    """Features of ``blob`` for every image into ``out`` (see the module docstring); returns the rows."""
+            batch_size: int = 64, progress: bool = True, on_batch=None, device=None,
+            shard: Optional[Tuple[int, int]] = None) -> Optional[np.ndarray]:
+    """Features of ``blob`` for every image into ``out`` (see the module docstring); returns the rows.
+
+    ``shard=(rank, world)`` (default: from torchrun's environment) splits the
+    rows over processes (``write_sharded``); ranks other than 0 return None.
+    """
+    shard = shard if shard is not None else env_shard()
     images = [str(p) for p in images]
     net, proto, weights = load_model(model, checkpoint, input_size)
     if device is not None:
@@ -427,19 +497,20 @@ def extract(images: Sequence[str], out: str, *, model: Optional[str] = None, che
               "blob": blob}
     rows = net_rows(net, blob, prep, images, pool_grid, l2 and not pca, device)
     if not pca:
-        return write_rows(out, Request(images, source, opts), rows, batch_size=batch_size,
-                          progress=progress, on_batch=on_batch, desc=f"features {blob}")
+        return _write(out, Request(images, source, opts), rows, shard, batch_size=batch_size,
+                      progress=progress, on_batch=on_batch, desc=f"features {blob}")
     return _with_pca(images, out, source, opts, rows, pca, whiten, pca_sample, seed, l2,
-                     batch_size, progress, on_batch, blob)
+                     batch_size, progress, on_batch, blob, shard)
 
 
 def _with_pca(images, out, source, opts, rows, pca, whiten, pca_sample, seed, l2, batch_size, progress,
-              on_batch, desc):
+              on_batch, desc, shard=None):
     """Two passes: pooled rows to ``OUT.raw.npy`` (resumable), then PCA fitted and applied into ``OUT``."""
     raw = out + ".raw.npy"
     raw_opts = {k: v for k, v in opts.items() if k not in ("l2", "pca", "whiten", "pca_sample", "seed")}
-    write_rows(raw, Request(images, source, raw_opts), rows, batch_size=batch_size, progress=progress,
-               on_batch=on_batch, desc=f"features {desc}")
+    if _write(raw, Request(images, source, raw_opts), rows, shard, batch_size=batch_size, progress=progress,
+              on_batch=on_batch, desc=f"features {desc}") is None:
+        return None   # a rank other than 0: its shard is written, rank 0 fits and applies the PCA
     man_p = manifest_path(out)
     req = Request(images, source, opts)
     if os.path.isfile(man_p):

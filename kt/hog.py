@@ -16,7 +16,7 @@ import numpy as np
 
 from caffe_compat.errors import CaffeCompatError
 
-from .features import Request, l2_normalize, write_rows
+from .features import Request, _write, env_shard, l2_normalize
 
 BACKENDS = ("opencv", "skimage")
 
@@ -51,8 +51,8 @@ def hog_one(gray: np.ndarray, backend: str = "opencv", cell: int = 8, bins: int 
 
 def extract_hog(images: Sequence[str], out: str, *, size: int = 64, cell: int = 8, bins: int = 9,
                 backend: str = "opencv", l2: bool = False, batch_size: int = 256, progress: bool = True,
-                on_batch=None) -> np.ndarray:
-    """HOG rows of every image into the feature file ``out`` (resumable; see ``kt.features``)."""
+                on_batch=None, shard=None):
+    """HOG rows of every image into the feature file ``out`` (resumable, shardable; see ``kt.features``)."""
     images = [str(p) for p in images]
     if backend not in BACKENDS:
         raise CaffeCompatError(f"HOG backend must be one of {BACKENDS}, got {backend!r}")
@@ -64,8 +64,8 @@ def extract_hog(images: Sequence[str], out: str, *, size: int = 64, cell: int = 
         y = np.stack([hog_one(_gray(images[i], size), backend, cell, bins) for i in idx]).astype(np.float32)
         return l2_normalize(y) if l2 else y
 
-    return write_rows(out, Request(images, source, opts), rows, batch_size=batch_size, progress=progress,
-                      on_batch=on_batch, desc=f"HOG {backend}")
+    return _write(out, Request(images, source, opts), rows, shard if shard is not None else env_shard(),
+                  batch_size=batch_size, progress=progress, on_batch=on_batch, desc=f"HOG {backend}")
 
 
 __all__ = ["extract_hog", "hog_one", "descriptor", "BACKENDS"]

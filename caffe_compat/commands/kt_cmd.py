@@ -116,6 +116,9 @@ def _run_features(a) -> int:
                   preprocess=a.preprocess, mean=a.mean, input_size=a.input_size, resize=a.resize,
                   scale=a.scale, pool_grid=a.pool_grid, l2=a.l2, pca=a.pca, whiten=a.whiten,
                   pca_sample=a.pca_sample, seed=a.seed, batch_size=a.batch_size, progress=not a.no_progress)
+    if arr is None:   # torchrun rank > 0: its shard is on disk, rank 0 joins them
+        print(f"{a.out}: this rank's shard is written")
+        return 0
     print(f"{a.out}: {arr.shape[0]} x {arr.shape[1]} float32 (manifest {a.out}.json)")
     return 0
 
@@ -125,6 +128,9 @@ def _run_hog(a) -> int:
     from caffekt.kt.pipeline import _image_paths
     arr = extract_hog(_image_paths(a.images), a.out, size=a.size, cell=a.cell, bins=a.bins, backend=a.backend,
                       l2=a.l2, batch_size=a.batch_size, progress=not a.no_progress)
+    if arr is None:
+        print(f"{a.out}: this rank's shard is written")
+        return 0
     print(f"{a.out}: {arr.shape[0]} x {arr.shape[1]} float32 HOG ({a.backend})")
     return 0
 

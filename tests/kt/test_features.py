@@ -194,3 +194,24 @@ def test_extract_with_pca_writes_projection_and_resumes(tmp_path, model, images)
     again = F.extract(images, out, model=model, blob="conv1", pool_grid=2, pca=3, whiten=True, l2=True,
                       progress=False, on_batch=lambda d: pytest.fail("recomputed"))
     np.testing.assert_array_equal(np.array(again), y)
+
+
+def test_sharded_over_two_processes_equals_one(tmp_path, model, images):
+    """Two processes as torchrun starts them (RANK / WORLD_SIZE): rank 0 joins the shards."""
+    import subprocess
+    import sys
+    one = np.array(F.extract(images, str(tmp_path / "one.npy"), model=model, blob="conv1", pool_grid=2,
+                             batch_size=4, progress=False))
+    code = ("import json,sys; from caffekt.kt.features import extract; "
+            "extract(json.loads(sys.argv[1]), sys.argv[2], model=sys.argv[3], blob='conv1', pool_grid=2, "
+            "batch_size=4, progress=False)")
+    out = str(tmp_path / "two.npy")
+    procs = [subprocess.Popen([sys.executable, "-c", code, json.dumps(images), out, model],
+                              env={**os.environ, "RANK": str(r), "WORLD_SIZE": "2"}) for r in (1, 0)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    two, man = F.load_features(out)
+    np.testing.assert_allclose(np.array(two), one, rtol=1e-6, atol=1e-7)
+    assert man["shards"] == 2 and man["images"] == images and man["rows_done"] == 11
+    assert not [f for f in os.listdir(tmp_path) if ".shard" in f]
+    with pytest.raises(CaffeCompatError, match="rank 2 is outside a world of 2"):
+        F.extract(images, out, model=model, blob="conv1", pool_grid=2, shard=(2, 2), progress=False)

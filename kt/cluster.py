@@ -142,7 +142,8 @@ def match_truth(images, truth_list: str) -> np.ndarray:
 
 def cluster_file(features: str, k: int, out: str, *, seed: int = 0, max_train: Optional[int] = None,
                  niter: int = 20, truth: Optional[str] = None, montage: Optional[str] = None,
-                 hist_png: Optional[str] = None, verbose: bool = False) -> dict:
+                 hist_png: Optional[str] = None, verbose: bool = False,
+                 montage_images: Optional[list] = None) -> dict:
     """k-means of a feature file; writes ``out`` (``path label`` list), ``out.bin`` (labels.bin) and ``out.json``.
 
     Returns the summary written to ``out.json``: objective, sizes, NMI and
@@ -179,7 +180,10 @@ def cluster_file(features: str, k: int, out: str, *, seed: int = 0, max_train: O
     if hist_png:
         size_histogram_png(res.sizes, hist_png, f"k={k}: images per cluster")
     if montage:
-        summary["montage_rows"] = cluster_montage(images, res.labels, montage, seed=seed)
+        shown = images if montage_images is None else list(montage_images)
+        if len(shown) != len(images):
+            raise CaffeCompatError(f"--images lists {len(shown)} images but {features} has {len(images)} rows")
+        summary["montage_rows"] = cluster_montage(shown, res.labels, montage, seed=seed)
     with atomic_output(stem + ".json") as f:
         f.write(json.dumps(summary, indent=1).encode())
     with atomic_output(stem + ".centroids.npy") as f:

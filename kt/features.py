@@ -17,7 +17,9 @@ kept in ``OUT.pca.npz``), then L2 normalisation.  With PCA the pooled rows
 go to ``OUT.raw.npy`` first and the projected rows to ``OUT``.
 
 The row computation is a callable ``rows(indices) -> (n, dim) float32`` so
-HOG (``kt.hog``) and nets share the writer.
+HOG (``kt.hog``) and nets share the writer.  Under torchrun (``WORLD_SIZE`` >
+1) rank r computes the contiguous rows [r*n/world, (r+1)*n/world) into its
+own resumable shard file and rank 0 joins the shards into ``OUT``.
 """
 from __future__ import annotations
 

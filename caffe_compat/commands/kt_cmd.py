@@ -69,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--truth", help="ImageData list of true labels: report NMI and purity")
     p.add_argument("--montage", help="PNG with sample images of the largest clusters")
     p.add_argument("--hist-png", help="PNG histogram of cluster sizes")
-    p.add_argument("--images", help="(accepted for symmetry; the feature manifest names the images)")
+    p.add_argument("--images", help="images for the montage (default: those the feature manifest names)")
 
     p = sub.add_parser("train-cc", help="cluster classification: AlexNet trained on pseudo-labels")
     p.add_argument("--labels", required=True, help="'path label' list from kt cluster")
@@ -137,8 +137,10 @@ def _run_hog(a) -> int:
 
 def _run_cluster(a) -> int:
     from caffekt.kt.cluster import cluster_file
+    from caffekt.kt.pipeline import _image_paths
     s = cluster_file(a.features, a.k, a.out, seed=a.seed, niter=a.niter, max_train=a.max_train, truth=a.truth,
-                     montage=a.montage, hist_png=a.hist_png)
+                     montage=a.montage, hist_png=a.hist_png,
+                     montage_images=_image_paths(a.images) if a.images and a.montage else None)
     stem = os.path.splitext(a.out)[0]
     print(f"k={a.k} on {s['images']} images: objective {s['objective']:.6g} "
           f"({s['objective_per_image']:.6g} per image), empty clusters {s['empty_clusters']}")

@@ -343,7 +343,8 @@ def plan(cfg: dict) -> int:
 def run(cfg: dict, *, only_plan: bool = False, log: Callable[[str], None] = print,
         stop_after: Optional[str] = None) -> List[str]:
     """Run the stages from the first missing one; returns the names of the stages run."""
-    os.makedirs(cfg["workdir"], exist_ok=True)
+    if not only_plan:
+        os.makedirs(cfg["workdir"], exist_ok=True)
     first = plan(cfg)
     stages = cfg["stages"]
     for st in stages[:first]:

@@ -43,7 +43,7 @@ class DemoScale:
     name: str
     crops_per_photo: int = 40
     photo_size: int = 96
-    jigsaw_iter: int = 150
+    jigsaw_iter: int = 120
     jigsaw_batch: int = 16
     jigsaw_width: float = 0.25
     jigsaw_perms: int = 30
@@ -52,7 +52,7 @@ class DemoScale:
     jigsaw_lr: float = 0.01
     puzzles_eval: int = 160
     k: int = 16
-    cc_iter: int = 300
+    cc_iter: int = 200
     cc_batch: int = 32
     cc_lr: float = 0.01
     probe_epochs: int = 40
@@ -60,12 +60,15 @@ class DemoScale:
 
 SCALES: Dict[str, DemoScale] = {
     "full": DemoScale("full"),
-    "quick": DemoScale("quick", jigsaw_iter=20, jigsaw_batch=8, puzzles_eval=40, cc_iter=40,
-                       probe_epochs=15),
+    "quick": DemoScale("quick", jigsaw_iter=10, jigsaw_batch=8, puzzles_eval=40, cc_iter=30,
+                       probe_epochs=10),
 }
 
 
 # ------------------------------------------------------------------ the teacher's deploy
+
+
+_DEPLOY_BLOBS = {"tile1": "data", "tile1_n": "data_n"}   # the shipped deploy's blob names
 
 
 def tower_deploy_param(arch: str = "alexnet", width: float = 1.0, fc6: int = 1024, tile: int = TILE_INPUT):
@@ -73,9 +76,9 @@ def tower_deploy_param(arch: str = "alexnet", width: float = 1.0, fc6: int = 102
 
     Kept: every layer whose bottoms all descend from ``tile1`` (so the
     other towers, the concat and the classifier drop out), with ``tile1``
-    renamed ``data``; the layer names are the teacher's, so its caffemodel
+    renamed ``data`` (``tile1_n``: ``data_n``); the layer names are the teacher's, so its caffemodel
     loads by name as into ``prototxt/jigsaw_cfn_tower_s2_deploy.prototxt``
-    (which is this net at width 1, alexnet).
+    (at width 1, alexnet, fc6 1024 the layers are that file's, field for field).
     """
     from caffe_compat.proto import caffe_pb2
 
@@ -90,7 +93,10 @@ def tower_deploy_param(arch: str = "alexnet", width: float = 1.0, fc6: int = 102
         if lp.bottom and all(b in reach for b in lp.bottom):
             new = net.layer.add()
             new.CopyFrom(lp)
-            new.bottom[:] = ["data" if b == "tile1" else b for b in lp.bottom]
+            new.bottom[:] = [_DEPLOY_BLOBS.get(b, b) for b in lp.bottom]
+            new.top[:] = [_DEPLOY_BLOBS.get(t, t) for t in lp.top]
+            for ps in new.param:   # names tie the towers' weights together; one tower has nothing to tie
+                ps.ClearField("name")
             reach.update(lp.top)
     return net
 

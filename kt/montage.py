@@ -105,6 +105,6 @@ def accuracy_bars_png(table: Dict[str, Dict[str, float]], out_png: str, title: s
     ax.set_xticks(x, layers)
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))   # outside: bars stay visible
     _write_png_bytes(out_png, _figure_png(fig))
     plt.close(fig)

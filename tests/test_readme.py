@@ -256,3 +256,61 @@ def test_gen_refuses_a_readme_without_markers():
     gen = _gen()
     with pytest.raises(ValueError, match="no layer-table markers"):
         gen.readme_with_table("# no table here\n", "x")
+
+
+# ------------------------------------------------------------------ the reduced-scale reproduction
+
+
+def _experiments():
+    spec = importlib.util.spec_from_file_location("experiments_run", os.path.join(REPO, "experiments", "run.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_results_file_comes_from_the_readme_command():
+    with open(os.path.join(REPO, "docs", "results.md"), encoding="utf-8") as f:
+        res = f.read()
+    m = re.search(r"^Produced by `(python experiments/run\.py [^`]+)`", res, re.M)
+    assert m, "docs/results.md does not name the command that made it"
+    assert f"`{m.group(1)}`" in _readme()
+    assert "--seeds 0 1 2" in m.group(1) and "--scale small" in m.group(1)
+    for model in _experiments().MODELS:
+        row = re.search(r"^\| " + re.escape(model) + r" \|(.*)\|$", res, re.M)
+        assert row, model
+        cells = [c.strip() for c in row.group(1).split("|")]
+        assert len(cells) == 6 and all(re.fullmatch(r"\d+\.\d ± \d+\.\d", c) for c in cells), cells
+
+
+def test_results_tables_are_mean_and_sample_std():
+    ex = _experiments()
+    sc = ex.load_scale("tiny")
+    summaries = []
+    for seed, base in ((0, 0.50), (1, 0.60), (2, 0.70)):
+        probes = {m: {l: base + 0.01 * i for i, l in enumerate(ex.LAYERS)} for m in ex.MODELS}
+        summaries.append({"seed": seed, "probes": probes,
+                          "clusters": {k: {"nmi": 0.5, "purity": 0.5, "empty": 0} for k in ex.TEACHERS},
+                          "losses": {k: {"first": 3.0, "last10": 2.0} for k in
+                                     ("jigsaw-alexnet", "jigsaw-vgg", "cc-alexnet", "cc-vgg", "cc-hog")},
+                          "seconds": {"photos": 1.0}})
+    md = ex.results_markdown(sc, summaries, "python experiments/run.py --seeds 0 1 2 --scale tiny", 60.0,
+                             {"train": 240, "val": 80, "photos": ["a", "b"], "chance": 0.125})
+    # conv1: 50, 60, 70 -> 60.0 ± 10.0 (sample std); best layer is conv5: 54, 64, 74 -> 64.0 ± 10.0
+    assert "| random init | 60.0 ± 10.0 | 61.0 ± 10.0 | 62.0 ± 10.0 | 63.0 ± 10.0 | 64.0 ± 10.0 | 64.0 ± 10.0 |" in md
+    assert "within one std of random init" in md
+
+
+def test_seed_config_is_a_valid_pipeline():
+    ex = _experiments()
+    import tempfile
+    from caffekt.kt import pipeline
+    with tempfile.TemporaryDirectory() as d:
+        cfg = ex.seed_config(ex.load_scale("tiny"), 3, os.path.join(d, "w"), os.path.join(d, "photos"))
+        names = [s["name"] for s in cfg["stages"]]
+        assert names == ["photos", "jigsaw-alexnet", "jigsaw-vgg", "features-alexnet", "cluster-alexnet",
+                         "cc-alexnet", "features-vgg", "cluster-vgg", "cc-vgg", "features-hog", "cluster-hog",
+                         "cc-hog", "probe"]
+        assert all(s["kind"] in pipeline.STAGES for s in cfg["stages"])
+        assert {s.get("seed") for s in cfg["stages"] if s["kind"] in ("jigsaw", "cluster")} == {3}
+        assert pipeline.plan(cfg) == 0
+        assert pipeline.run(cfg, only_plan=True, log=lambda _l: None) == names

@@ -102,7 +102,11 @@ def collate(batch):
 
 
 class _WorkerInit:
-    """Per-worker set-up: one thread each for OpenCV and torch, global RNGs seeded with seed + worker id."""
+    """Per-worker set-up: one OpenCV thread, global RNGs seeded with seed + worker id.
+
+    torch's own worker loop already limits torch to one thread; calling
+    ``torch.set_num_threads`` again in a forked worker can deadlock in OpenMP.
+    """
 
     def __init__(self, seed: int):
         self.seed = seed
@@ -112,7 +116,6 @@ class _WorkerInit:
 
         import cv2
         cv2.setNumThreads(1)
-        torch.set_num_threads(1)
         # our own randomness is per sample; this only pins third-party code using the global RNGs
         np.random.seed((self.seed + worker_id) % 2**32)
         random.seed(self.seed + worker_id)

@@ -81,43 +81,13 @@ def filter_layers(param, phase: int, level: int, stages: Sequence[str], path: Op
 # --------------------------------------------------------------------------- reading
 
 def _read_param(prototxt, path_hint: Optional[str] = None):
-    """(NetParameter, path) from a path or a message; files go through the formats reader."""
+    """(NetParameter, path) from a path or a message; files go through ``io.read_net`` (upgraded)."""
     if isinstance(prototxt, caffe_pb2.NetParameter):
         return prototxt, path_hint
+    from .io import read_net
+
     path = os.fspath(prototxt)
-    try:
-        from .io import read_net  # upgrades V0/V1 and legacy inputs
-    except ImportError:
-        read_net = None
-    if read_net is not None:
-        got = read_net(path)
-        return (got[0] if isinstance(got, tuple) else got), path
-    from .prototxt import parse_net_text, read_text_file
-    param, _info = parse_net_text(read_text_file(path), path)
-    _legacy_inputs_to_layer(param)
-    return param, path
-
-
-def _legacy_inputs_to_layer(param) -> None:
-    # Fallback for when the formats reader is absent: UpgradeNetInput's rule
-    # (net-level input + input_shape/input_dim -> an "Input" layer in front).
-    if not len(param.input):
-        return
-    shapes = [list(s.dim) for s in param.input_shape]
-    dims = list(param.input_dim)
-    if not shapes and dims:
-        shapes = [dims[4 * i:4 * i + 4] for i in range(len(dims) // 4)]
-    if shapes:
-        lp = caffe_pb2.LayerParameter(name="input", type="Input")
-        lp.top.extend(param.input)
-        for s in shapes:
-            lp.input_param.shape.add().dim.extend(s)
-        layers = [lp] + list(param.layer)
-        del param.layer[:]
-        param.layer.extend(layers)
-    del param.input[:]
-    del param.input_shape[:]
-    del param.input_dim[:]
+    return read_net(path), path
 
 
 # --------------------------------------------------------------------------- the module

@@ -191,3 +191,15 @@ def test_help():
     assert proc.returncode == 0
     for flag in ("--quick", "--out", "--seed"):
         assert flag in proc.stdout
+
+
+def test_threads_one_on_a_busy_machine_else_torchs(monkeypatch):
+    import torch
+
+    from caffekt.kt import demo as d
+    assert d.pick_threads(3) == 3
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.6, 1.0, 1.0))
+    assert d.pick_threads() == 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.3, 1.0, 1.0))
+    assert d.pick_threads() == torch.get_num_threads()

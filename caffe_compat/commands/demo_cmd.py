@@ -22,6 +22,8 @@ def add_arguments(parser) -> None:
                         help="seed of training, clustering and probes (the photo set is fixed)")
     parser.add_argument("--cache", default=None, metavar="DIR",
                         help="where the photo set is built once (default $CAFFEKT_CACHE or ~/.cache/caffekt)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="torch threads (default: torch's, or 1 when the machine is already busy)")
     parser.add_argument("--no-progress", action="store_true", help="stage lines only, no progress bars")
 
 
@@ -29,5 +31,5 @@ def run(args) -> int:
     from caffekt.kt.demo import run_demo
 
     res = run_demo(args.out, quick=args.quick, seed=args.seed, cache_dir=args.cache,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, threads=args.threads)
     return 0 if res.ok else 1

@@ -408,7 +408,9 @@ def _tower(net, arch: str, t: int, width: float, fc6: int, dropout: float, init:
     b1 = 1 if cf == "gaussian" else 0  # the authors' bias 1 suits their gaussian init only
     if arch == "alexnet":
         c = [_even(96 * width), _even(256 * width), _even(384 * width), _even(384 * width), _even(256 * width)]
-        _conv(net, f"conv1{sfx}", x, f"conv1{sfx}", "conv1", c[0], 11, stride=2, filler=cf)
+        # msra's gain assumes unit-variance inputs; the tiles arrive with std 50 (the Power layer)
+        std1 = 0.01 if cf == "gaussian" else (2.0 / (3 * 11 * 11)) ** 0.5 / 50.0
+        _conv(net, f"conv1{sfx}", x, f"conv1{sfx}", "conv1", c[0], 11, stride=2, std=std1)
         _relu(net, f"relu1{sfx}", f"conv1{sfx}")
         _pool(net, f"pool1{sfx}", f"conv1{sfx}", f"pool1{sfx}")
         _lrn(net, f"norm1{sfx}", f"pool1{sfx}", f"norm1{sfx}")
@@ -478,7 +480,7 @@ def cfn_net_param(n_perms: int = 701, arch: str = "alexnet", batch_size: int = A
     _relu(net, "relu7", "fc7")
     if dropout > 0:
         _drop(net, "drop7", "fc7", dropout)
-    _fc(net, "fc8_jigsaw", "fc7", "fc8_jigsaw", int(n_perms), 0.01, 0.0, filler=fc_fill)
+    _fc(net, "fc8_jigsaw", "fc7", "fc8_jigsaw", int(n_perms), 0.01, 0.0)  # small logits at the start
     acc = _layer(net, "accuracy", "Accuracy", ["fc8_jigsaw", "label"], "accuracy")
     acc.include.add().phase = caffe_pb2.TEST
     _layer(net, "loss", "SoftmaxWithLoss", ["fc8_jigsaw", "label"], "loss")

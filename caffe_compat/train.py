@@ -221,15 +221,11 @@ class SourceFeed:
         return out
 
     def _iterator(self) -> Iterator:
-        from torch.utils.data import DataLoader
-
-        from .data.loader import _WorkerInit, collate
+        from .data.loader import collate, start_workers
         keys = _KeyStream(len(self.dataset), self.batch_size, self.shuffle, self.ctx.seed,
                           self.ctx.rank, self.ctx.world_size, self.pos)
-        kw: Dict[str, Any] = {"num_workers": self.ctx.workers}
-        if self.ctx.workers > 0:
-            kw["worker_init_fn"] = _WorkerInit(self.ctx.seed)
-        return iter(DataLoader(self.dataset, batch_sampler=keys, collate_fn=collate, **kw))
+        return start_workers(self.dataset, seed=self.ctx.seed, num_workers=self.ctx.workers,
+                             batch_sampler=keys, collate_fn=collate)
 
     def __call__(self) -> Dict[str, torch.Tensor]:
         if self._it is None:

@@ -15,6 +15,8 @@ without epochs), batches do not straddle epochs.
 """
 from __future__ import annotations
 
+import contextlib
+
 from typing import Iterator, Optional, Tuple
 
 import numpy as np
@@ -102,10 +104,13 @@ def collate(batch):
 
 
 class _WorkerInit:
-    """Per-worker set-up: one OpenCV thread, global RNGs seeded with seed + worker id.
+    """Per-worker set-up: global RNGs seeded with seed + worker id.
 
-    torch's own worker loop already limits torch to one thread; calling
-    ``torch.set_num_threads`` again in a forked worker can deadlock in OpenMP.
+    No thread-pool calls here: OpenCV's and OpenMP's pools do not survive
+    ``fork``, and resizing them in a forked worker can deadlock (seen with
+    ``cv2.setNumThreads`` and ``torch.set_num_threads``).  torch's worker loop
+    already runs torch single-threaded, and ``_serial_opencv`` makes OpenCV
+    single-threaded in the parent while the workers fork.
     """
 
     def __init__(self, seed: int):
@@ -114,11 +119,34 @@ class _WorkerInit:
     def __call__(self, worker_id: int) -> None:
         import random
 
-        import cv2
-        cv2.setNumThreads(1)
         # our own randomness is per sample; this only pins third-party code using the global RNGs
         np.random.seed((self.seed + worker_id) % 2**32)
         random.seed(self.seed + worker_id)
+
+
+@contextlib.contextmanager
+def _serial_opencv():
+    """OpenCV single-threaded while DataLoader workers are forked (children inherit it), then restored."""
+    import cv2
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
+
+
+def start_workers(dataset, *, seed: int, num_workers: int = 0, **dataloader_kwargs) -> Iterator:
+    """``iter(DataLoader(dataset, ...))`` with our worker set-up: seeded RNGs, fork-safe threading.
+
+    The one place that forks DataLoader workers for caffekt (training feeds,
+    puzzle sources and ``CaffeLoader`` all come through here).
+    """
+    if num_workers > 0:
+        dataloader_kwargs.setdefault("worker_init_fn", _WorkerInit(_check_seed(seed)))
+    with _serial_opencv():
+        return iter(DataLoader(dataset, num_workers=num_workers, **dataloader_kwargs))
 
 
 class CaffeLoader:
@@ -149,7 +177,9 @@ class CaffeLoader:
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         self.sampler.epoch, self.sampler.start = self.epoch, self.index
-        for data, labels, skipped, used in self.dataloader:
+        with _serial_opencv():
+            batches = iter(self.dataloader)  # forks the workers (first time, or every epoch)
+        for data, labels, skipped, used in batches:
             # counted before the yield: a snapshot taken after this batch's step resumes after it
             self.index += used
             self.skipped += skipped

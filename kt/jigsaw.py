@@ -29,8 +29,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from caffe_compat.data.loader import start_workers
 from caffe_compat.errors import CaffeFormatError, UnsupportedParameter
 
 from .permutations import _check as _check_perms
@@ -290,12 +291,9 @@ class PuzzleLoader:
     def _start(self):
         sampler = StreamSampler(len(self.dataset), self.batch_size, self.seed, self.shuffle,
                                 self.rank, self.world, self.batch)
-        kw = {}
-        if self.workers > 0:
-            from caffe_compat.data.loader import _WorkerInit  # one thread per worker, pinned RNGs
-            kw = dict(num_workers=self.workers, worker_init_fn=_WorkerInit(self.seed), prefetch_factor=2,
-                      persistent_workers=False)
-        self._it = iter(DataLoader(self.dataset, batch_sampler=sampler, collate_fn=self._collate, **kw))
+        kw = dict(prefetch_factor=2, persistent_workers=False) if self.workers > 0 else {}
+        self._it = start_workers(self.dataset, seed=self.seed, num_workers=self.workers,
+                                 batch_sampler=sampler, collate_fn=self._collate, **kw)
 
     def next(self):
         if self._it is None:
@@ -805,7 +803,7 @@ def train(images, *, perms, out: str, net_prototxt: Optional[str] = None, solver
     if dev.type == "cuda" and world > 1:
         torch.cuda.set_device(rank % torch.cuda.device_count())
         dev = torch.device("cuda", rank % torch.cuda.device_count())
-    if dev.type != "cpu":  # (Convolution's own ``_apply`` shadows nn.Module._apply: see report)
+    if dev.type != "cpu":
         net.to(dev)
     b = int(net.blob_shapes[spec.data][0])
     feed = make_feed(net, source, b, seed=seed, workers=workers, rank=rank, world=world, device=dev)

@@ -321,3 +321,23 @@ def test_lr_mult_zero_means_no_grad():
     assert [p.requires_grad for p in n.params["conv"]] == [False, False]
     n = _net("force_backward: true\n" + text)
     assert [p.requires_grad for p in n.params["conv"]] == [True, True]
+
+
+
+def test_module_to_and_double_reach_every_layer():
+    # nn.Module.to()/.double() go through Module._apply: a layer method of that
+    # name would shadow it and break moving a net to another device or dtype.
+    net = _net("""
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 9 dim: 9 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "fc" type: "InnerProduct" bottom: "pool" top: "fc" inner_product_param { num_output: 2 } }
+""")
+    x = torch.randn(1, 3, 9, 9)
+    ref = net(x)["fc"]
+    net64 = net.to(torch.float64)
+    assert all(p.dtype == torch.float64 for p in net64.parameters())
+    out = net64(x.double())["fc"]
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out.float(), ref, rtol=1e-5, atol=1e-6)

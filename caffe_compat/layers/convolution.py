@@ -76,7 +76,7 @@ class _BaseConv(CaffeLayer):
             out.append((size + 2 * self.pad[i] - ext) // self.stride[i] + 1)
         return out
 
-    def _apply(self, x: torch.Tensor) -> torch.Tensor:
+    def _conv(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:self.axis]
         x = x.reshape((count(x.shape, 0, self.axis),) + tuple(x.shape[self.axis:]))
         fn = (_CONV_T if self.transposed else _CONV)[len(self.kernel)]
@@ -86,7 +86,7 @@ class _BaseConv(CaffeLayer):
         return y.reshape(tuple(lead) + tuple(y.shape[1:]))
 
     def forward(self, *bottoms):
-        tops = tuple(self._apply(b) for b in bottoms)
+        tops = tuple(self._conv(b) for b in bottoms)
         return tops[0] if len(tops) == 1 else tops
 
 

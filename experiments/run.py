@@ -110,6 +110,9 @@ def run_seed(sc: dict, seed: int, out: str, photos: str) -> dict:
     cfg = seed_config(sc, seed, work, photos)
     times = {}
     for st in cfg["stages"]:
+        if all(os.path.exists(o) for o in pipeline.stage_outputs(st)):
+            times[st["name"]] = 0.0   # made earlier (the shared photo set): nothing to time
+            continue
         t0 = time.perf_counter()
         pipeline.run(cfg, stop_after=st["name"],
                      log=lambda l: None if l.endswith("(outputs present)") else print(f"[seed {seed}] {l}",

@@ -15,8 +15,7 @@ for ``vars``, ``{workdir}`` and ``{config_dir}``.  Kinds:
 Resuming: a stage counts as done when all its outputs exist.  ``run``
 starts at the first stage that is not done and runs it and every later stage
 (their old outputs are removed first, since they were made from inputs that
-are being remade).  A stage that cannot run here (e.g. ``jigsaw`` without
-``caffekt.kt.jigsaw``) raises ``StageUnavailable`` naming what is missing.
+are being remade).
 """
 from __future__ import annotations
 
@@ -30,10 +29,6 @@ import numpy as np
 
 from caffe_compat.binary import atomic_output
 from caffe_compat.errors import CaffeCompatError, CaffeFormatError
-
-
-class StageUnavailable(CaffeCompatError):
-    """A stage whose implementation is not installed here."""
 
 
 # ---------------------------------------------------------------- the small real labelled set
@@ -183,14 +178,7 @@ def _jigsaw_outputs(st):
 
 
 def _jigsaw(st):
-    try:
-        from . import jigsaw
-    except ImportError as e:
-        raise StageUnavailable(f"stage {st['name']!r}: Jigsaw++ training (caffekt.kt.jigsaw) is not "
-                               f"available here ({e}); give a trained teacher to a 'features' stage instead")
-    if not hasattr(jigsaw, "train"):
-        raise StageUnavailable(f"stage {st['name']!r}: caffekt.kt.jigsaw has no train(); Jigsaw++ "
-                               "teacher training is unavailable in this version")
+    from . import jigsaw
     from .images import open_images
     from .permutations import generate_permutations
     images, out = _need(st, "images", "out")

@@ -188,7 +188,7 @@ def _run_probe(a) -> int:
 
 def _run_pipeline(a) -> int:
     from caffe_compat.errors import CaffeCompatError
-    from caffekt.kt.pipeline import StageUnavailable, load_config, resolve_config, run, shipped_configs
+    from caffekt.kt.pipeline import load_config, resolve_config, run, shipped_configs
     if a.list:
         for name, path in shipped_configs().items():
             print(f"{name:28s} {path}")
@@ -202,11 +202,7 @@ def _run_pipeline(a) -> int:
             raise CaffeCompatError(f"--var wants NAME=VALUE, got {v!r}")
         overrides[k] = val
     cfg = load_config(resolve_config(a.config), overrides, workdir=a.workdir)
-    try:
-        run(cfg, only_plan=a.plan)
-    except StageUnavailable as e:
-        print(f"caffekt kt run: stage unavailable: {e}")
-        return 1
+    run(cfg, only_plan=a.plan)
     return 0
 
 

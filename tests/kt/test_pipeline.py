@@ -1,7 +1,6 @@
 """``kt run``: stage order and resume, config errors, the photo set, the kt CLI; one slow end-to-end run."""
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -65,14 +64,6 @@ def test_config_errors(tmp_path):
         PL.load_config(_config(tmp_path, stages=[{"name": "a", "kind": "hog"}, {"name": "a", "kind": "hog"}]))
     cfg = PL.load_config(_config(tmp_path, stages=[{"name": "h", "kind": "hog", "out": "{workdir}/a.npy"}]))
     with pytest.raises(CaffeCompatError, match=r"stage 'h' \(hog\): missing parameter\(s\) \['images'\]"):
-        PL.run(cfg, log=lambda s: None)
-
-
-def test_jigsaw_stage_reports_when_unavailable(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "caffekt.kt.jigsaw", None)
-    cfg = PL.load_config(_config(tmp_path, stages=[{"name": "j", "kind": "jigsaw", "images": "x",
-                                                    "out": "{workdir}/j"}]))
-    with pytest.raises(PL.StageUnavailable, match=r"stage 'j': Jigsaw\+\+ training \(caffekt.kt.jigsaw\) is not available"):
         PL.run(cfg, log=lambda s: None)
 
 

@@ -30,7 +30,7 @@ from typing import Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence
 import numpy as np
 
 from . import wire
-from .errors import BadPayload, CaffeFormatError, UnsupportedParameter, WireFormatError
+from .errors import BadPayload, UnsupportedParameter, WireFormatError
 from .proto import PRIVATE_FIELD_NUMBERS, caffe_pb2
 from .wire import I32, I64, LEN, VARINT
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Dict, List, Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 from . import binary
 from .binary import (CaffeModel, LayerBlobs, SolverState, write_blobproto, write_caffemodel,  # noqa: F401

@@ -108,7 +108,6 @@ def copy_trained_layers(net, source, strict: bool = True) -> LoadReport:
     """
     path, layers, legacy = _source_layers(source)
     report = LoadReport(path)
-    names = net.layer_names
     targets = net.blobs_by_layer  # first layer of a name wins, as the C++ search does
     loaded = set()
     for name, ltype, arrays in layers:

@@ -44,7 +44,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from caffe_compat.errors import CaffeCompatError, ShapeError, UnsupportedParameter
+from caffe_compat.errors import ShapeError, UnsupportedParameter
 
 from .convert import LayerWeights, WeightSet, read_weights
 from .surgery import ReinitSpec, fill_blob

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from caffe_compat import binary, wire
-from caffe_compat.binary import (CaffeModel, Datum, SolverState, decode_datum, encode_blobproto,
+from caffe_compat.binary import (SolverState, decode_datum, encode_blobproto,
                                  encode_datum, parse_caffemodel, read_blobproto, read_caffemodel,
                                  read_solverstate, sniff_binary, write_blobproto, write_caffemodel,
                                  write_solverstate)

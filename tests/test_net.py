@@ -1,9 +1,7 @@
 """Net builder: Caffe's Net::Init rules (filtering, in-place, sharing, loss, outputs), export."""
 from __future__ import annotations
 
-import itertools
 import json
-import os
 import re
 import warnings
 
@@ -11,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-import caffe_compat as cc
 from caffe_compat.errors import CaffeFormatError, ShapeError, UnknownLayerType, UnsupportedParameter
-from caffe_compat.net import Net, load_net
+from caffe_compat.net import load_net
 from caffe_compat.io import read_prototxt
 
 from _oracle import caffe_run, require_oracle, run_script

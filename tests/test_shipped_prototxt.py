@@ -1,7 +1,6 @@
 """The prototxts shipped in caffekt.prototxt: shapes, sharing, cross-loading and the stride hint."""
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest

@@ -10,7 +10,6 @@ bottom.shape[:axis] + (N,).  Blobs: weight (N, K) or (K, N), bias (N,).  Legacy 
 """
 from __future__ import annotations
 
-import torch
 
 from ._params import canonical_axis, count, fail
 from ._registry import register

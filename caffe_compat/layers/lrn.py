@@ -12,7 +12,6 @@ No blobs.  Backward: autograd, which is the exact derivative Caffe's code comput
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 from ._params import fail, shape_fail

@@ -11,7 +11,6 @@ d(sigma + eps) like d(sigma) scaled by sigma/(sigma + eps) -- finite even for si
 """
 from __future__ import annotations
 
-import torch
 
 from ._grad import straight_through
 from ._params import shape_fail

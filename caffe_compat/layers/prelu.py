@@ -7,7 +7,6 @@ blob (shape ()) if channel_shared, as Caffe stores it.
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 from ..proto import caffe_pb2

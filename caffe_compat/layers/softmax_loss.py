@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ._grad import straight_through
-from ._loss import BATCH_SIZE, FLT_MIN, LOG_THRESHOLD, VALID, LossBase, normalizer
+from ._loss import FLT_MIN, LOG_THRESHOLD, VALID, LossBase, normalizer
 from ._params import canonical_axis, count, fail, shape_fail
 from ._registry import register
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from _util import Case, assert_close, make_layer, oracle_check, randn, run_layer
 

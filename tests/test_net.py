@@ -252,6 +252,23 @@ def test_data_layer_needs_input_shapes():
     assert sorted(out) == ["label", "p"]
 
 
+@pytest.mark.parametrize("layer,shape", [
+    # Each data layer's DataLayerSetUp shape, worked out from its params (see layers/input.py).
+    ('type: "ImageData" image_data_param { source: "l.txt" batch_size: 4 new_height: 40 new_width: 50 }',
+     (4, 3, 40, 50)),
+    ('type: "ImageData" image_data_param { source: "l.txt" batch_size: 4 is_color: false }'
+     ' transform_param { crop_size: 32 }', (4, 1, 32, 32)),
+    ('type: "WindowData" window_data_param { source: "w.txt" batch_size: 6 }'
+     ' transform_param { crop_size: 24 }', (6, 3, 24, 24)),
+    ('type: "MemoryData" memory_data_param { batch_size: 5 channels: 2 height: 7 width: 9 }', (5, 2, 7, 9)),
+])
+def test_data_layers_become_inputs_with_caffes_shapes(layer, shape):
+    n = _net(f'layer {{ name: "data" top: "data" top: "label" {layer} }}\n'
+             'layer { name: "p" type: "Power" bottom: "data" top: "p" }')
+    assert n.inputs == ["data", "label"]
+    assert n.blob_shapes["data"] == shape and n.blob_shapes["label"] == (shape[0],)
+
+
 def test_python_layer_refused_or_input():
     text = """
     layer { name: "d" type: "Python" top: "data" top: "rois" python_param { module: "m" layer: "L" } }

@@ -6,6 +6,11 @@ for ``vars``, ``{workdir}`` and ``{config_dir}``.  Kinds:
 
 * ``photos``   the small labelled set built from scikit-image's photos (``build_photo_set``)
 * ``jigsaw``   Jigsaw++ pretext training (``caffekt.kt.jigsaw.train``) -> ``teacher.caffemodel``
+               (keys: arch, width, fc6, fc7, perms (a count: that many generated
+               permutations, or a file), max_iter, batch_size, base_lr, snapshot,
+               seed; ``init`` "authors"|"msra", ``dropout``, and ``solver_type``
+               (e.g. "Adam": a constant-rate solver of that type instead of the
+               authors' SGD schedule; ``momentum``/``momentum2`` optional))
 * ``features`` any blob of a net (``kt.features.extract``)
 * ``hog``      HOG features (``kt.hog.extract_hog``)
 * ``cluster``  k-means pseudo-labels (``kt.cluster.cluster_file``)
@@ -186,7 +191,9 @@ def _jigsaw(st):
     if isinstance(perms, int):
         perms = generate_permutations(perms, seed=st.get("seed", 0))
     kw = {k: st[k] for k in ("arch", "max_iter", "batch_size", "base_lr", "snapshot", "seed", "solver",
-                             "width", "fc6", "fc7", "workers") if k in st}
+                             "width", "fc6", "fc7", "workers", "init", "dropout") if k in st}
+    if "solver_type" in st and "solver" not in st:
+        kw["solver"] = _teacher_solver(st, out)
     res = jigsaw.train(open_images(images=images), perms=perms, out=out, resume=_latest_state(out, "jigsaw"),
                        progress=st.get("progress", True), **kw)
     model = res.last_snapshot[0] if getattr(res, "last_snapshot", None) else None
@@ -195,6 +202,28 @@ def _jigsaw(st):
         raise CaffeCompatError(f"stage {st['name']!r}: Jigsaw++ training wrote no snapshot in {out}")
     shutil.copyfile(model, os.path.join(out, "teacher.caffemodel.tmp"))
     os.replace(os.path.join(out, "teacher.caffemodel.tmp"), os.path.join(out, "teacher.caffemodel"))
+
+
+def _teacher_solver(st: dict, out: str) -> str:
+    """A constant-rate solver prototxt of type ``st["solver_type"]`` (e.g. ``"Adam"``) in ``out``.
+
+    The small-scale teacher recipe: the authors' SGD 0.01 with Gaussian fillers
+    stays at chance in a net this narrow, msra fillers + Adam 3e-4 learn.
+    """
+    kind = st["solver_type"]
+    if kind not in ("SGD", "Adam", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta"):
+        raise CaffeCompatError(f"stage {st['name']!r}: solver_type must be a Caffe solver type, got {kind!r}")
+    lr = st.get("base_lr", 3e-4 if kind == "Adam" else 0.01)
+    lines = [f'type: "{kind}"', f"base_lr: {lr!r}", f"momentum: {st.get('momentum', 0.9)!r}",
+             'lr_policy: "fixed"', f"max_iter: {int(st.get('max_iter', 1000))}",
+             f"snapshot: {int(st.get('snapshot', 0))}", f'snapshot_prefix: "{os.path.join(out, "jigsaw")}"']
+    if kind == "Adam":
+        lines.insert(3, f"momentum2: {st.get('momentum2', 0.999)!r}")
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "solver.prototxt")
+    with atomic_output(path) as f:
+        f.write(("\n".join(lines) + "\n").encode("utf-8"))
+    return path
 
 
 def _latest_state(out: str, stem: str) -> Optional[str]:

@@ -158,3 +158,25 @@ def test_cli_run_plan_and_unknown_config(tmp_path, capsys, monkeypatch):
     assert main(["kt", "run", "no_such_config"]) == 2
     assert "nor a shipped config (shipped: context_cc" in capsys.readouterr().err
     assert main(["kt", "run", "--list"]) == 0 and "jigsawpp_vgg16_cc_small" in capsys.readouterr().out
+
+
+def test_jigsaw_stage_small_scale_recipe_reaches_the_solver(tmp_path):
+    """``solver_type``/``base_lr``/``init``/``dropout`` of a jigsaw stage: an Adam solver at a constant rate."""
+    from caffe_compat.io import read_solver
+    from caffe_compat.logs import read_log
+
+    photos = PL.build_photo_set(str(tmp_path / "photos"), crops_per_photo=2, size=64)
+    out = tmp_path / "jig"
+    st = {"name": "jig", "kind": "jigsaw", "images": photos["train"], "out": str(out), "arch": "alexnet",
+          "perms": 4, "max_iter": 3, "batch_size": 2, "snapshot": 3, "width": 0.0625, "fc6": 8, "fc7": 8,
+          "base_lr": 0.0003, "solver_type": "Adam", "init": "msra", "dropout": 0.0, "progress": False}
+    PL._jigsaw(st)
+    sp = read_solver(str(out / "solver.prototxt"))
+    assert (sp.type, sp.lr_policy, sp.max_iter, sp.snapshot) == ("Adam", "fixed", 3, 3)
+    assert sp.base_lr == pytest.approx(3e-4) and sp.momentum2 == pytest.approx(0.999)
+    assert sp.snapshot_prefix == str(out / "jigsaw")
+    log = read_log(str(out / "train_log.csv"))
+    assert list(log["iter"]) == [1, 2, 3] and np.allclose(log["lr"], 3e-4)
+    assert (out / "teacher.caffemodel").stat().st_size > 0
+    with pytest.raises(CaffeCompatError, match=r"stage 'jig': solver_type must be a Caffe solver type, got 'Adamw'"):
+        PL._jigsaw({**st, "solver_type": "Adamw"})

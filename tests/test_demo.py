@@ -202,4 +202,8 @@ def test_threads_one_on_a_busy_machine_else_torchs(monkeypatch):
     monkeypatch.setattr(os, "getloadavg", lambda: (1.6, 1.0, 1.0))
     assert d.pick_threads() == 1
     monkeypatch.setattr(os, "getloadavg", lambda: (0.3, 1.0, 1.0))
+    assert d.pick_threads() == 1          # 2 cores: one is likely someone else's soon
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
     assert d.pick_threads() == torch.get_num_threads()
+    monkeypatch.setattr(os, "getloadavg", lambda: (4.0, 1.0, 1.0))
+    assert d.pick_threads() == 1

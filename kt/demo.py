@@ -352,6 +352,8 @@ def run_demo(out: str = "caffekt-demo", *, quick: bool = False, seed: int = 0, c
     times["puzzle eval"] = time.perf_counter() - t0
     summary = _summary(cfg, scale, seed, exports, puzzles, times)
     summary["jigsaw"]["puzzles_train_crops"] = seen
+    log(f"teacher puzzle accuracy: {100 * puzzles['accuracy']:.1f}% on {puzzles['puzzles']} puzzles of held-out "
+        f"val crops, {100 * seen['accuracy']:.1f}% on its train crops (chance {100 * puzzles['chance']:.1f}%)")
     summary["torch_threads"] = torch.get_num_threads()
     summary["seconds"]["total (before the report)"] = time.perf_counter() - t_all
     report_dir = os.path.join(out, "report")

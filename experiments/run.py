@@ -177,8 +177,9 @@ def results_markdown(sc: dict, summaries: List[dict], command: str, wall: float,
          "serve as the unlabelled pretext/clustering set (the paper uses ImageNet without labels).", "",
          f"*Teachers*: Jigsaw++ (9 tiles of 64x64, {sc['jigsaw_alexnet']['perms']} permutations, occluding tiles "
          f"from another image): AlexNet-style (conv1 stride 2, widths x{sc['jigsaw_alexnet']['width']}) and VGG16-style "
-         f"(13 convolutions, widths x{sc['jigsaw_vgg']['width']}), {sc['jigsaw_alexnet']['max_iter']} iterations of "
-         f"batch {sc['jigsaw_alexnet']['batch_size']} each; HOG ({sc['hog']['cell']}x{sc['hog']['cell']} cells on "
+         f"(13 convolutions, widths x{sc['jigsaw_vgg']['width']}), {sc['jigsaw_alexnet']['max_iter']} and "
+         f"{sc['jigsaw_vgg']['max_iter']} iterations of batch {sc['jigsaw_alexnet']['batch_size']} and "
+         f"{sc['jigsaw_vgg']['batch_size']}; HOG ({sc['hog']['cell']}x{sc['hog']['cell']} cells on "
          f"{sc['hog']['size']}x{sc['hog']['size']} gray)."
          + (f" Teacher training: {sc['teacher_recipe']}." if sc.get("teacher_recipe") else ""), "",
          f"*Transfer*: teacher features pooled 3x3 and L2-normalised, k-means k = {sc['k']}; the stride-4 AlexNet "

@@ -33,7 +33,7 @@ import platform
 import subprocess
 import sys
 import time
-from typing import Dict, List
+from typing import List
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)

@@ -77,51 +77,19 @@ def list_images(spec: Union[str, Sequence[str]]) -> List[str]:
     absolute; a trailing `` <integer>`` (an ImageData label) is dropped
     unless the whole line names an existing file.
     """
-    from caffe_compat.data.sources import IMG_EXTENSIONS
+    from caffe_compat.data.sources import list_image_paths
 
     if not isinstance(spec, (str, os.PathLike)):
         paths = [os.fspath(p) for p in spec]
-        where = "the image list given"
-    elif os.path.isdir(spec):
-        paths = []
-        for root, dirs, files in os.walk(spec):
-            dirs.sort()
-            paths += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMG_EXTENSIONS)]
-        where = os.fspath(spec)
-    elif os.path.isfile(spec):
-        paths = _read_list(os.fspath(spec))
-        where = os.fspath(spec)
-    else:
-        raise CaffeFormatError("no such folder or image list (give a folder of images or a file "
-                               "with one image path per line)", os.fspath(spec))
-    if not paths:
-        raise CaffeFormatError("no images to rescale on", where)
-    return paths
-
-
-def _read_list(path: str) -> List[str]:
+        if not paths:
+            raise CaffeFormatError("no images to rescale on", "the image list given")
+        return paths
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise CaffeFormatError(f"cannot read the image list ({e.strerror})", path) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise CaffeFormatError("image list is not UTF-8 text", path, f"line {line}") from None
-    base = os.path.dirname(os.path.abspath(path))
-    out = []
-    for line in text.split("\n"):
-        line = line.strip()
-        if not line:
-            continue
-        full = os.path.join(base, line)
-        head, sep, tail = line.rpartition(" ")
-        if not os.path.isfile(full) and sep and head and tail.lstrip("+-").isdigit():
-            full = os.path.join(base, head.rstrip())
-        out.append(full)
-    return out
+        return list_image_paths(spec)
+    except CaffeFormatError as e:
+        if "no image files" in e.detail or "is empty" in e.detail:
+            raise CaffeFormatError("no images to rescale on", os.fspath(spec)) from None
+        raise
 
 
 def load_images(paths: Sequence[str], size: int,

@@ -22,53 +22,25 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from caffe_compat.binary import atomic_output
+from caffe_compat.data.sources import list_image_paths
 from caffe_compat.errors import CaffeFormatError
 
 from .puzzle import STORED, stored_image
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jpe")
 DATA_FILE, MANIFEST, PROGRESS = "images.u8", "manifest.json", "progress.json"
 FORMAT = "caffekt-stored-images"
 VERSION = 1
 IMAGE_BYTES = STORED * STORED * 3
-_LABEL_TAIL = re.compile(r" [+-]?\d+\s*\Z")
 
 
 def list_images(path: str) -> List[str]:
-    """Image paths of a folder (recursive, sorted) or of a list file; errors name the path."""
-    if os.path.isdir(path):
-        out = []
-        for root, dirs, files in os.walk(path):
-            dirs.sort()
-            out += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTS)]
-        if not out:
-            raise CaffeFormatError(f"no image files ({', '.join(IMAGE_EXTS)}) in the folder", path)
-        return out
-    if not os.path.isfile(path):
-        raise CaffeFormatError("no such image folder or list file", path)
-    try:
-        with open(path, "rb") as f:
-            text = f.read().decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = e.object[:e.start].count(b"\n") + 1
-        raise CaffeFormatError("image list is not UTF-8 text", path, f"line {line}") from None
-    base = os.path.dirname(os.path.abspath(path))
-    out = []
-    for line in text.split("\n"):
-        line = line.rstrip("\r")
-        if not line.strip():
-            continue
-        line = _LABEL_TAIL.sub("", line) if not os.path.exists(os.path.join(base, line)) else line
-        out.append(line if os.path.isabs(line) else os.path.join(base, line))
-    if not out:
-        raise CaffeFormatError("the image list is empty", path)
-    return out
+    """Image paths of a folder or a list file (``caffe_compat.data.sources.list_image_paths``)."""
+    return list_image_paths(path)
 
 
 def load_stored(path: str) -> np.ndarray:

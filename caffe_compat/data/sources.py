@@ -30,7 +30,48 @@ import numpy as np
 from ..errors import CaffeFormatError, UnsupportedParameter
 from .transformer import decode_image
 
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+_LABEL_TAIL = re.compile(r" [+-]?\d+\s*\Z")
+
+
+def list_image_paths(path: str) -> List[str]:
+    """Image paths of a folder (recursive, sorted) or of a list file, for tools that need no labels.
+
+    A list file holds one path per line, relative to the list's folder unless
+    absolute; a trailing `` <integer>`` (an ImageData label) is dropped unless
+    the whole line names an existing file.  Errors name the path (and line).
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        out = []
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            out += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMG_EXTENSIONS)]
+        if not out:
+            raise CaffeFormatError(f"no image files ({', '.join(IMG_EXTENSIONS)}) in the folder", path)
+        return out
+    if not os.path.isfile(path):
+        raise CaffeFormatError("no such image folder or list file", path)
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8")
+    except OSError as e:
+        raise CaffeFormatError(f"cannot read the image list ({e.strerror})", path) from None
+    except UnicodeDecodeError as e:
+        line = e.object[:e.start].count(b"\n") + 1
+        raise CaffeFormatError("image list is not UTF-8 text", path, f"line {line}") from None
+    base = os.path.dirname(os.path.abspath(path))
+    out = []
+    for line in text.split("\n"):
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        if not os.path.exists(os.path.join(base, line)):
+            line = _LABEL_TAIL.sub("", line)
+        out.append(line if os.path.isabs(line) else os.path.join(base, line))
+    if not out:
+        raise CaffeFormatError("the image list is empty", path)
+    return out
 
 
 class Sample(NamedTuple):

@@ -5,7 +5,7 @@ torch): formats -> layers -> net -> solver, each in its own module.
 """
 from __future__ import annotations
 
-import importlib
+from ._lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -35,11 +35,4 @@ _API = {
 __all__ = sorted(_API)
 
 
-def __getattr__(name: str):
-    mod = _API.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'caffe_compat' has no attribute {name!r}")
-    m = importlib.import_module(f"{__name__}.{mod}")
-    value = m if name == "caffe_pb2" and mod == "proto" and not hasattr(m, name) else getattr(m, name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _API, globals())

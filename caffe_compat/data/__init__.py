@@ -5,7 +5,7 @@ without torch; only ``loader`` imports it.
 """
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_getattr
 
 _API = {
     "DataTransformer": "transformer", "Draw": "transformer", "decode_image": "transformer",
@@ -20,10 +20,4 @@ _API = {
 __all__ = sorted(_API)
 
 
-def __getattr__(name: str):
-    mod = _API.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'caffe_compat.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{mod}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _API, globals())

@@ -7,7 +7,7 @@ types), ``solver`` (the Solver class and its Step loop), ``snapshot``
 """
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_getattr
 
 _API = {
     "SolverSettings": "settings", "from_proto": "settings", "SOLVER_TYPES": "settings",
@@ -21,10 +21,4 @@ _API = {
 __all__ = sorted(_API)
 
 
-def __getattr__(name: str):
-    mod = _API.get(name)
-    if mod is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{mod}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _API, globals())

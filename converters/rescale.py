@@ -207,6 +207,23 @@ def trunk_form(deploy) -> Tuple[object, List[str], List[str]]:
 
 # ------------------------------------------------------------------ measurement helpers
 
+def _run_to_layer(net, layer: str, hook, batches, pre: bool) -> None:
+    """Forward each batch only as far as ``layer``: ``hook`` sees its inputs (pre) or output, then raises ``_Stop``."""
+    import torch
+
+    m = net.layer(layer)
+    h = m.register_forward_pre_hook(hook) if pre else m.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            for b in batches:
+                try:
+                    net(**b)
+                except _Stop:
+                    pass
+    finally:
+        h.remove()
+
+
 class _Stop(Exception):
     """Raised by a hook to end a forward pass once the blob wanted is seen."""
 
@@ -219,7 +236,6 @@ def _channel_stats(x) -> Tuple[np.ndarray, np.ndarray, int]:
 
 def _top_stats(net, layer: str, batches) -> Tuple[np.ndarray, np.ndarray]:
     """(mean, std) per channel of ``layer``'s own top over all batches."""
-    import torch
     acc: List = [0.0, 0.0, 0]
 
     def hook(_m, _inp, out):
@@ -229,16 +245,7 @@ def _top_stats(net, layer: str, batches) -> Tuple[np.ndarray, np.ndarray]:
         acc[2] += n
         raise _Stop
 
-    h = net.layer(layer).register_forward_hook(hook)
-    try:
-        with torch.no_grad():
-            for b in batches:
-                try:
-                    net(**b)
-                except _Stop:
-                    pass
-    finally:
-        h.remove()
+    _run_to_layer(net, layer, hook, batches, pre=False)
     mean = acc[0] / acc[2]
     var = np.maximum(acc[1] / acc[2] - mean * mean, 0.0)
     return mean, np.sqrt(var)
@@ -246,7 +253,6 @@ def _top_stats(net, layer: str, batches) -> Tuple[np.ndarray, np.ndarray]:
 
 def _bottom_scale(net, layer: str, batches) -> float:
     """Mean over bottoms of mean |bottom| of ``layer`` (magic_init's input scale), all batches."""
-    import torch
     tot: List = [0.0, 0]
 
     def hook(_m, inputs):
@@ -254,16 +260,7 @@ def _bottom_scale(net, layer: str, batches) -> float:
         tot[1] += 1
         raise _Stop
 
-    h = net.layer(layer).register_forward_pre_hook(hook)
-    try:
-        with torch.no_grad():
-            for b in batches:
-                try:
-                    net(**b)
-                except _Stop:
-                    pass
-    finally:
-        h.remove()
+    _run_to_layer(net, layer, hook, batches, pre=True)
     return tot[0] / tot[1]
 
 

@@ -92,3 +92,14 @@ DRIVER = textwrap.dedent("""\
             s.snapshot()
     np.savez(req["out"], **out)
     """)
+
+
+# Settings for each of Caffe's six solver types, shared by the NumPy-port and real-Caffe tests.
+SOLVER_TYPE_SETTINGS = {
+    "SGD": dict(base_lr=0.05, momentum=0.9),
+    "Nesterov": dict(base_lr=0.05, momentum=0.9),
+    "AdaGrad": dict(base_lr=0.05, delta=1e-6),
+    "RMSProp": dict(base_lr=0.01, rms_decay=0.95, delta=1e-6),
+    "AdaDelta": dict(base_lr=1.0, momentum=0.95, delta=1e-6),
+    "Adam": dict(base_lr=0.01, momentum=0.9, momentum2=0.999, delta=1e-8),
+}

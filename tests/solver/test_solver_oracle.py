@@ -19,6 +19,7 @@ from caffe_compat.net import load_net
 from caffe_compat.solver.solver import Solver
 
 import _solver_tiny as _tiny
+from _solver_tiny import SOLVER_TYPE_SETTINGS
 from _oracle import require_oracle, run_script
 
 pytestmark = pytest.mark.caffe
@@ -107,14 +108,7 @@ def test_sgd_step_momentum_decay_itersize_clip_60_iterations(tmp_path):
             np.testing.assert_allclose(x, y, rtol=RTOL, atol=ATOL)
 
 
-SIX = {
-    "SGD": dict(base_lr=0.05, momentum=0.9),
-    "Nesterov": dict(base_lr=0.05, momentum=0.9),
-    "AdaGrad": dict(base_lr=0.05, delta=1e-6),
-    "RMSProp": dict(base_lr=0.01, rms_decay=0.95, delta=1e-6),
-    "AdaDelta": dict(base_lr=1.0, momentum=0.95, delta=1e-6),
-    "Adam": dict(base_lr=0.01, momentum=0.9, momentum2=0.999, delta=1e-8),
-}
+SIX = SOLVER_TYPE_SETTINGS
 
 
 def test_six_solver_types_20_iterations(tmp_path):

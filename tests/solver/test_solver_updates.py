@@ -11,19 +11,13 @@ from caffe_compat.solver.lr_policy import learning_rate
 from caffe_compat.solver.settings import SolverSettings
 
 from _solver_numpy_port import apply_update as np_apply, caffe_rate
+from _solver_tiny import SOLVER_TYPE_SETTINGS
 
 SHAPES = [(6, 5), (6,), (3, 2, 2, 2), (4, 6)]
 LR_MULTS = [1.0, 2.0, 1.0, 0.5]
 DECAY_MULTS = [1.0, 0.0, 1.0, 2.0]
 
-CFG = {
-    "SGD": dict(base_lr=0.05, momentum=0.9),
-    "Nesterov": dict(base_lr=0.05, momentum=0.9),
-    "AdaGrad": dict(base_lr=0.05, delta=1e-6),
-    "RMSProp": dict(base_lr=0.01, rms_decay=0.95, delta=1e-6),
-    "AdaDelta": dict(base_lr=1.0, momentum=0.95, delta=1e-6),
-    "Adam": dict(base_lr=0.01, momentum=0.9, momentum2=0.999, delta=1e-8),
-}
+CFG = SOLVER_TYPE_SETTINGS
 
 
 def _problem(seed=0):

@@ -106,7 +106,7 @@ class TrainLogger:
 
     def __init__(self, csv_path: Optional[str], columns: Sequence[str], *, start_iter: int, total: int,
                  test_interval: int = 0, test_initialization: bool = True, progress: bool = True,
-                 tensorboard_dir: Optional[str] = None):
+                 tensorboard_dir: Optional[str] = None, desc: str = "train"):
         self.csv_path = csv_path
         self.columns = list(BASE_COLUMNS) + [c for c in columns if c not in BASE_COLUMNS]
         self.test_interval, self.test_initialization = int(test_interval), bool(test_initialization)
@@ -120,16 +120,17 @@ class TrainLogger:
         self.bar = None
         if progress:
             from tqdm import tqdm
-            self.bar = tqdm(total=total, initial=start_iter, unit="it", dynamic_ncols=True, desc="train")
+            self.bar = tqdm(total=total, initial=start_iter, unit="it", dynamic_ncols=True, desc=desc)
 
     @classmethod
-    def for_solver(cls, solver, *, enabled: bool = True, progress: bool = True) -> "TrainLogger":
+    def for_solver(cls, solver, *, enabled: bool = True, progress: bool = True,
+                   desc: str = "train") -> "TrainLogger":
         p = solver.param
         csv_path = log_path(p.snapshot_prefix) if enabled else None
         return cls(csv_path, test_columns(solver.test_nets, p.test_compute_loss), start_iter=solver.iter,
                    total=p.max_iter, test_interval=p.test_interval,
                    test_initialization=p.test_initialization, progress=progress,
-                   tensorboard_dir=(p.snapshot_prefix + "_tb") if enabled else None)
+                   tensorboard_dir=(p.snapshot_prefix + "_tb") if enabled else None, desc=desc)
 
     def _open_csv(self, path: str, start_iter: int) -> float:
         """Keep complete earlier rows of a matching log; returns the seconds already spent."""

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import copy
 import glob
+import logging
 import os
 import re
 import zlib
@@ -52,6 +53,8 @@ import torch
 
 from .errors import CaffeCompatError, CaffeFormatError, UnsupportedParameter
 from .proto import caffe_pb2
+
+log = logging.getLogger("caffe_compat.train")
 
 # ================================================================ paths
 
@@ -124,14 +127,16 @@ class FeedContext:
     workers: int = 0
     base_dir: str = "."         # the solver file's folder (fallback for relative sources)
     where: str = ""             # "net file X, layer 'data'" for messages
+    labels_bin: Optional[str] = None   # the fork's labels.bin: replaces the TRAIN Data layers' labels
 
 
 Feeder = Any   # callable() -> {top: tensor}; .shapes() -> {top: shape}; optional state_dict/load_state_dict
 FeederFactory = Callable[[Any, FeedContext], Feeder]
 # (name, predicate(layer_param) -> bool, factory(layer_param, ctx) -> feeder), first match wins
 DATA_FEEDERS: List[Tuple[str, Callable[[Any], bool], FeederFactory]] = []
-# modules imported (once) to let them register feeders before a layer is found unclaimed
-FEEDER_PLUGINS: List[str] = ["caffekt.kt.jigsaw"]
+# packages add feeders through this entry-point group: each entry is a callable run once that
+# calls register_data_feeder (so this module never imports the packages built on it)
+FEEDER_ENTRY_POINTS = "caffekt.data_feeders"
 _plugins_loaded = False
 
 
@@ -151,13 +156,9 @@ def _load_plugins() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    import importlib
-    for mod in FEEDER_PLUGINS:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name is None or not mod.startswith(e.name):
-                raise   # the plugin exists but one of its own imports is missing
+    from importlib.metadata import entry_points
+    for ep in entry_points(group=FEEDER_ENTRY_POINTS):
+        ep.load()()
 
 
 class _KeyStream:
@@ -284,7 +285,13 @@ def _image_data(lp, ctx: FeedContext) -> SourceFeed:
 
 
 def _lmdb_data(lp, ctx: FeedContext) -> SourceFeed:
-    """Data (data_layer.cpp) with backend LMDB: Datum records in key order, wrapping around."""
+    """Data (data_layer.cpp) with backend LMDB: Datum records in key order, wrapping around.
+
+    A layer with the Jigsaw fork's transform fields goes through
+    ``data.jps.JpsTransformer`` (the fork's DataTransformer); ``labels.bin``
+    (``ctx.labels_bin``) relabels the records of TRAIN-phase layers.
+    """
+    from .data.jps import JpsTransformer, RelabelledSource, is_fork_layer, read_labels_bin
     from .data.sources import LMDBSource
     p = lp.data_param
     source = _beside(p.source, ctx.base_dir)
@@ -297,8 +304,20 @@ def _lmdb_data(lp, ctx: FeedContext) -> SourceFeed:
     if p.rand_skip:
         raise UnsupportedParameter(f"{ctx.where}: data_param.rand_skip is not supported")
     if not os.path.exists(source):
-        raise CaffeFormatError(f"{ctx.where}: data source not found (data_param.source)", source)
-    return SourceFeed(LMDBSource(source), _transformer(lp, ctx), lp.top, p.batch_size, shuffle=False, ctx=ctx)
+        raise CaffeFormatError(f"{ctx.where}: data source not found (data_param.source, opened from the "
+                               f"working directory {os.getcwd()!r} as Caffe does)", source)
+    src = LMDBSource(source)
+    if ctx.labels_bin and ctx.phase == "TRAIN" and len(lp.top) > 1:
+        labels = read_labels_bin(ctx.labels_bin)
+        src = RelabelledSource(src, labels, ctx.labels_bin)
+        if ctx.rank == 0:
+            log.info("%s: labels.bin %s replaces the Datum labels (%d labels for %d records, in key order, "
+                     "restarting at each epoch)", ctx.where, ctx.labels_bin, len(labels), len(src))
+    if is_fork_layer(lp):
+        tf = JpsTransformer(lp.transform_param, ctx.phase, where=ctx.where, base_dir=ctx.base_dir)
+    else:
+        tf = _transformer(lp, ctx)
+    return SourceFeed(src, tf, lp.top, p.batch_size, shuffle=False, ctx=ctx)
 
 
 def _input_zeros(lp, ctx: FeedContext) -> ConstantFeed:
@@ -331,22 +350,7 @@ def _window_data(lp, ctx: FeedContext):
     raise UnsupportedParameter(f"{ctx.where}: WindowData is not supported by caffekt train")
 
 
-_PUZZLE_FIELDS = ("hash_file", "siamese_size", "patch_size", "gap_size", "jitter_size")
-
-
-def _is_puzzle(lp) -> bool:
-    tp = lp.transform_param
-    return lp.type == "Data" and any(tp.HasField(f) for f in _PUZZLE_FIELDS)
-
-
-def _puzzle_unclaimed(lp, ctx: FeedContext):
-    raise UnsupportedParameter(f"{ctx.where}: a Jigsaw++ fork Data layer (transform_param "
-                               f"hash_file/siamese_size...); no puzzle feeder is registered "
-                               f"(caffekt.kt.jigsaw registers one with register_data_feeder)")
-
-
 for _name, _pred, _fac in [
-        ("jigsaw-unclaimed", _is_puzzle, _puzzle_unclaimed),
         ("ImageData", lambda lp: lp.type == "ImageData", _image_data),
         ("Data", lambda lp: lp.type == "Data", _lmdb_data),
         ("Input", lambda lp: lp.type == "Input", _input_zeros),
@@ -357,9 +361,8 @@ for _name, _pred, _fac in [
 
 
 def make_feeder(lp, ctx: FeedContext) -> Feeder:
-    """The first registered feeder whose predicate accepts ``lp`` (plugins loaded on first need)."""
-    if _is_puzzle(lp):
-        _load_plugins()
+    """The first registered feeder whose predicate accepts ``lp`` (entry-point plugins loaded first)."""
+    _load_plugins()
     for _name, pred, factory in DATA_FEEDERS:
         if pred(lp):
             return factory(lp, ctx)
@@ -369,13 +372,16 @@ def make_feeder(lp, ctx: FeedContext) -> Feeder:
 class NetFeed:
     """All data layers of one net: one call -> every input top.  State: each layer's position."""
 
-    def __init__(self, feeders: Mapping[str, Feeder]):
+    def __init__(self, feeders: Mapping[str, Feeder], device=None):
         self.feeders = dict(feeders)     # layer name -> feeder
+        self.device = device             # where the batches go (None: where the feeders made them)
 
     def __call__(self) -> Dict[str, torch.Tensor]:
         out: Dict[str, torch.Tensor] = {}
         for f in self.feeders.values():
             out.update(f())
+        if self.device is not None:
+            out = {k: v.to(self.device, non_blocking=True) for k, v in out.items()}
         return out
 
     def state_dict(self) -> dict:
@@ -390,8 +396,8 @@ class NetFeed:
 class TrainFeed(NetFeed):
     """The train net's feed; its state also carries the test nets' positions, so a resume continues them too."""
 
-    def __init__(self, feeders, test_feeds: Sequence[NetFeed] = ()):
-        super().__init__(feeders)
+    def __init__(self, feeders, test_feeds: Sequence[NetFeed] = (), device=None):
+        super().__init__(feeders, device)
         self.test_feeds = list(test_feeds)
 
     def state_dict(self) -> dict:
@@ -466,17 +472,21 @@ def net_specs(param, where: str) -> Tuple[NetSpec, List[NetSpec]]:
     return train, tests
 
 
-def build_net(spec: NetSpec, ctx: FeedContext, feeds: Optional[Mapping[str, Any]] = None):
+def build_net(spec: NetSpec, ctx: FeedContext, feeds: Optional[Mapping[str, Any]] = None,
+              feeders: Optional[Mapping[str, FeederFactory]] = None):
     """(Net, NetFeed): feeders made from each kept data layer's params, then the net with their shapes.
 
-    ``feeds`` (top name -> tensor) replaces the feeder of any data layer whose tops it all names.
+    ``feeds`` (top name -> tensor) replaces the feeder of any data layer whose tops it all names;
+    ``feeders`` (layer name -> factory(lp, ctx), as registered ones) replaces a layer's feeder.  A feeder with a
+    ``bind(net)`` method is handed the built net (e.g. to drive its MergeData layer).
     """
     from . import layers as L
     from .layers.input import NetInput
     from .net import Net, filter_layers
     p = spec.param
     phase = caffe_pb2.TRAIN if spec.phase == "TRAIN" else caffe_pb2.TEST
-    feeders: Dict[str, Feeder] = {}
+    given = dict(feeders or {})
+    made: Dict[str, Feeder] = {}
     shapes: Dict[str, Tuple[int, ...]] = {}
     feeds = dict(feeds or {})
     for lp in filter_layers(p, phase, p.state.level, list(p.state.stage), spec.source):
@@ -489,15 +499,20 @@ def build_net(spec: NetSpec, ctx: FeedContext, feeds: Optional[Mapping[str, Any]
         lctx = copy.copy(ctx)
         lctx.phase = spec.phase
         lctx.where = f"{spec.source}, layer {lp.name!r} (type {lp.type})"
-        if len(lp.top) and all(t in feeds for t in lp.top):
+        if lp.name in given:
+            f = given[lp.name](lp, lctx)
+        elif len(lp.top) and all(t in feeds for t in lp.top):
             f = ConstantFeed({t: torch.as_tensor(feeds[t]) for t in lp.top})
         else:
             f = make_feeder(lp, lctx)
-        feeders[lp.name] = f
+        made[lp.name] = f
         shapes.update(f.shapes())
     net = Net(p, phase=spec.phase, level=p.state.level, input_shapes=shapes, path=spec.source)
     # the Net took the file's stages from p.state already
-    return net, NetFeed(feeders)
+    for f in made.values():
+        if hasattr(f, "bind"):
+            f.bind(net)
+    return net, NetFeed(made)
 
 
 # ================================================================ the solver, distributed
@@ -539,15 +554,26 @@ def _make_solver_class():
     return TrainSolver
 
 
-def _init_distributed() -> Tuple[int, int]:
-    """(rank, world_size) from torchrun's environment; gloo process group when world_size > 1."""
+def _init_distributed(device: Optional[str] = None) -> Tuple[int, int, torch.device]:
+    """(rank, world_size, device) from torchrun's environment.
+
+    ``device`` None: CUDA when present, else CPU.  With world_size > 1 the
+    process group is NCCL on CUDA and gloo on CPU, and rank r takes GPU
+    ``LOCAL_RANK`` (else r modulo the GPU count).
+    """
+    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world <= 1:
-        return 0, 1
+        return 0, 1, dev
     import torch.distributed as dist
+    if dev.type == "cuda" and dev.index is None:
+        local = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
+        dev = torch.device("cuda", local % torch.cuda.device_count())
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
     if not dist.is_initialized():
-        dist.init_process_group(backend="gloo")
-    return dist.get_rank(), dist.get_world_size()
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), dev
 
 
 @torch.no_grad()
@@ -588,19 +614,28 @@ class TrainResult:
     log_csv: Optional[str]
     smoothed_loss: float
     test_results: List[Dict[str, np.ndarray]] = field(default_factory=list)
+    net: Any = None                           # the trained TRAIN net
+    seconds: float = 0.0                      # wall time of the solve
 
 
 def train(solver_path: str, *, weights: Sequence[str] = (), resume: Optional[str] = None,
           max_iter: Optional[int] = None, out: Optional[str] = None, seed: Optional[int] = None,
           workers: int = 0, progress: bool = True, feeds: Optional[Mapping[str, Any]] = None,
-          callbacks: Sequence[Callable] = ()) -> TrainResult:
+          feeders: Optional[Mapping[str, FeederFactory]] = None, labels_bin: Optional[str] = None,
+          device: Optional[str] = None, callbacks: Sequence[Callable] = (),
+          progress_desc: str = "train") -> TrainResult:
     """``caffe train --solver S [--weights a,b | --snapshot R]``; see the module docstring.
 
     ``resume="auto"``: the latest complete snapshot under the prefix, or a
-    fresh start when there is none.  Everything that can be checked (files,
-    solver type, lr policy, data sources, the solverstate against the net) is
-    checked before the first iteration; failures are ``CaffeCompatError``s.
+    fresh start when there is none.  ``feeders`` (layer name -> feeder
+    factory) replace the data layers' own (how ``caffekt.kt`` feeds puzzles from
+    stored images); ``labels_bin`` is the fork's ``labels.bin`` for the TRAIN
+    Data layers; ``device`` defaults to CUDA when present.  Everything that
+    can be checked (files, solver type, lr policy, data sources, labels
+    against the classifier, the solverstate against the net) is checked
+    before the first iteration; failures are ``CaffeCompatError``s.
     """
+    import time
     from .io import read_solver
     from .logs import TrainLogger
     from .solver.lr_policy import check_lr_policy
@@ -626,24 +661,31 @@ def train(solver_path: str, *, weights: Sequence[str] = (), resume: Optional[str
         # Caffe would only fail when writing the first snapshot, after training
         raise CaffeFormatError(f"the folder of snapshot_prefix does not exist ({snap_dir})", solver_path)
 
-    rank, world = _init_distributed()
+    if labels_bin is not None and not os.path.isfile(labels_bin):
+        raise CaffeFormatError("labels file not found (--labels-bin)", labels_bin)
+    rank, world, dev = _init_distributed(device)
     data_seed = int(param.random_seed) if param.random_seed >= 0 else 0
     _seed_globals(param.random_seed, rank)   # Caffe seeds before InitTrainNet: fillers are seeded too
     ctx = FeedContext("TRAIN", data_seed, rank, world, int(workers),
-                      os.path.dirname(os.path.abspath(solver_path)))
+                      os.path.dirname(os.path.abspath(solver_path)), labels_bin=labels_bin)
     train_spec, test_specs = net_specs(param, where)
     if rank != 0:
         test_specs = []   # Caffe tests on the root solver only
-    net, train_feed = build_net(train_spec, ctx, feeds)
+    net, train_feed = build_net(train_spec, ctx, feeds, feeders)
+    if labels_bin:
+        check_labels_fit(net, train_spec, labels_bin)
     _reseed_layers(net, param.random_seed, rank)
     test_nets, test_feeds = [], []
     for spec in test_specs:
         tctx = copy.copy(ctx)
         tctx.rank, tctx.world_size = 0, 1   # the root solver's test net reads everything
         tnet, tfeed = build_net(spec, tctx, feeds)
+        tfeed.device = dev
+        tnet.to(dev)
         test_nets.append((tnet, tfeed))
         test_feeds.append(tfeed)
-    feed = TrainFeed(train_feed.feeders, test_feeds)
+    net.to(dev)
+    feed = TrainFeed(train_feed.feeders, test_feeds, device=dev)
 
     from .weights import copy_trained_layers
     for group in list(param.weights) + list(weights):
@@ -669,8 +711,10 @@ def train(solver_path: str, *, weights: Sequence[str] = (), resume: Optional[str
         solver.restore(resume)
     _broadcast_params(net)
 
-    logger = TrainLogger.for_solver(solver, enabled=(rank == 0), progress=progress and rank == 0)
+    logger = TrainLogger.for_solver(solver, enabled=(rank == 0), progress=progress and rank == 0,
+                                    desc=progress_desc)
     solver.callbacks = [logger.on_iteration] + list(callbacks)
+    t0 = time.perf_counter()
     try:
         solver.solve()
         if (not solver.requested_early_exit and param.test_interval and test_nets
@@ -681,7 +725,22 @@ def train(solver_path: str, *, weights: Sequence[str] = (), resume: Optional[str
     model, state = solver.snapshot_paths()
     last = (model, state) if rank == 0 and os.path.isfile(state) else None
     return TrainResult(solver.iter, last if rank == 0 else None, logger.csv_path,
-                       float(solver.smoothed_loss), list(solver.test_results))
+                       float(solver.smoothed_loss), list(solver.test_results), net,
+                       time.perf_counter() - t0)
+
+
+def check_labels_fit(net, spec: NetSpec, labels_path: str) -> None:
+    """labels.bin values must index the classifier each relabelled Data layer feeds (SoftmaxWithLoss/Accuracy)."""
+    from .data.jps import read_labels_bin
+    labels = read_labels_bin(labels_path)
+    label_tops = {lp.top[1] for lp in spec.param.layer if lp.type == "Data" and len(lp.top) > 1}
+    for lp in net.layer_params_proto:
+        if lp.type in ("SoftmaxWithLoss", "Accuracy") and len(lp.bottom) > 1 and lp.bottom[1] in label_tops:
+            n = int(net.blob_shapes[lp.bottom[0]][1])
+            if int(labels.max()) >= n:
+                raise CaffeFormatError(f"label {int(labels.max())} (index {int(labels.argmax())}) is outside the "
+                                       f"{n} outputs of {lp.bottom[0]!r} that layer {lp.name!r} "
+                                       f"({lp.type}) scores", labels_path)
 
 
 def shutdown_distributed() -> None:

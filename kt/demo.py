@@ -397,7 +397,7 @@ def _summary(cfg: dict, scale: DemoScale, seed: int, exports: dict, puzzles: dic
     return {
         "scale": asdict(scale), "seed": seed, "photo_set": {**photo_params, "dir": photos, **counts},
         "probe_chance": float(np.bincount(yval).max() / len(yval)),
-        "jigsaw": {**_final_loss(os.path.join(work, "jigsaw", "train_log.csv")), "puzzles": puzzles},
+        "jigsaw": {**_final_loss(os.path.join(work, "jigsaw", "jigsaw_log.csv")), "puzzles": puzzles},
         "cluster": {k: clusters[k] for k in ("k", "images", "objective_per_image", "empty_clusters", "sizes",
                                              "nmi", "purity") if k in clusters},
         "cc": _final_loss(os.path.join(work, "cc", "cc_log.csv")),
@@ -434,7 +434,7 @@ def write_report(report_dir: str, cfg: dict, s: dict) -> None:
 
     work = cfg["workdir"]
     os.makedirs(report_dir, exist_ok=True)
-    loss_curves_png({"Jigsaw++ teacher (puzzle classes)": os.path.join(work, "jigsaw", "train_log.csv"),
+    loss_curves_png({"Jigsaw++ teacher (puzzle classes)": os.path.join(work, "jigsaw", "jigsaw_log.csv"),
                      "CC student (cluster classes)": os.path.join(work, "cc", "cc_log.csv")},
                     os.path.join(report_dir, "loss_curves.png"))
     for name in ("clusters.png", "cluster_sizes.png"):

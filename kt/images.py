@@ -234,8 +234,35 @@ class ImageFiles:
         return load_stored(self.sources[int(i)])
 
 
+class LMDBImages:
+    """The Datums of a Caffe LMDB (e.g. the authors' jps_dataset) as H x W x 3 uint8 BGR images, in key order."""
+
+    def __init__(self, path: str):
+        from caffe_compat.data.sources import LMDBSource
+        self.source = LMDBSource(path)
+        self.path = path
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        s = self.source.get(int(i))
+        img = s.image if s.layout == "HWC" else np.ascontiguousarray(np.asarray(s.image).transpose(1, 2, 0))
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            raise CaffeFormatError(f"record {i} is {img.shape} {img.dtype}; puzzles need 3-channel uint8 images",
+                                   self.path)
+        return img
+
+
+def is_lmdb(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "data.mdb"))
+
+
 def open_images(images: Optional[str] = None, stored: Optional[str] = None):
-    """``StoredImages(stored)`` or ``ImageFiles(list_images(images))``; exactly one must be given."""
+    """``StoredImages(stored)`` (or ``LMDBImages`` when ``stored`` is an LMDB) or
+    ``ImageFiles(list_images(images))``; exactly one must be given."""
     if (images is None) == (stored is None):
-        raise ValueError("give exactly one of images= (folder or list) and stored= (prep output)")
-    return StoredImages(stored) if stored is not None else ImageFiles(list_images(images))
+        raise ValueError("give exactly one of images= (folder or list) and stored= (prep output or LMDB)")
+    if stored is not None:
+        return LMDBImages(stored) if is_lmdb(stored) else StoredImages(stored)
+    return ImageFiles(list_images(images))

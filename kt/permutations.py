@@ -19,25 +19,13 @@ from typing import Dict
 
 import numpy as np
 
+from caffe_compat.data.jps import check_table, read_hash_file
 from caffe_compat.errors import CaffeFormatError
 
-_HEADER = 2  # int32 values before the table: n, number of tiles
 
 
 def _check(perms: np.ndarray, path: str | None) -> np.ndarray:
-    perms = np.asarray(perms)
-    if perms.ndim != 2 or perms.shape[0] == 0:
-        raise CaffeFormatError(f"expected an (n, tiles) permutation table, got shape {perms.shape}", path)
-    k = perms.shape[1]
-    want = np.arange(k)
-    for i, row in enumerate(perms):
-        if not np.array_equal(np.sort(row), want):
-            raise CaffeFormatError(
-                f"row {i} is not a permutation of 0..{k - 1} (0-based): {row.tolist()}", path)
-    uniq = np.unique(perms, axis=0)
-    if len(uniq) != len(perms):
-        raise CaffeFormatError(f"{len(perms) - len(uniq)} repeated permutation(s) in the set", path)
-    return perms.astype(np.int64)
+    return check_table(perms, path)
 
 
 def read_permutations(path: str) -> np.ndarray:
@@ -50,21 +38,7 @@ def read_permutations(path: str) -> np.ndarray:
         if arr.ndim == 2 and arr.size and arr.min() == 1 and arr.max() == arr.shape[1]:
             arr = arr - 1
         return _check(arr, path)
-    size = os.path.getsize(path)
-    if size < 4 * _HEADER or size % 4:
-        raise CaffeFormatError(f"a permutation .bin holds int32 values; size {size} bytes is not", path)
-    raw = np.fromfile(path, dtype="<i4")
-    n, k = int(raw[0]), int(raw[1])
-    if n <= 0 or k <= 1 or k > 64:
-        raise CaffeFormatError(f"header [n, tiles] = [{n}, {k}] is not a permutation set header", path)
-    if raw.size != _HEADER + n * k:
-        raise CaffeFormatError(
-            f"header says {n} permutations of {k} tiles ({_HEADER + n * k} int32 values) "
-            f"but the file holds {raw.size}", path)
-    table = raw[_HEADER:].reshape(n, k)
-    if table.min() < 1:
-        raise CaffeFormatError("the .bin table is 1-based; found an index below 1", path)
-    return _check(table - 1, path)
+    return read_hash_file(path)   # the fork's hash_file reader: one place knows the layout
 
 
 def write_permutations(path: str, perms: np.ndarray) -> None:

@@ -196,8 +196,7 @@ def _jigsaw(st):
         kw["solver"] = _teacher_solver(st, out)
     res = jigsaw.train(open_images(images=images), perms=perms, out=out, resume=_latest_state(out, "jigsaw"),
                        progress=st.get("progress", True), **kw)
-    model = res.last_snapshot[0] if getattr(res, "last_snapshot", None) else None
-    model = model or _latest_model(out, "jigsaw")
+    model = res.snapshot[0] if res.snapshot else _latest_model(out, "jigsaw")
     if not model or not os.path.isfile(model):
         raise CaffeCompatError(f"stage {st['name']!r}: Jigsaw++ training wrote no snapshot in {out}")
     shutil.copyfile(model, os.path.join(out, "teacher.caffemodel.tmp"))

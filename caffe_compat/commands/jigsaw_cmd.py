@@ -42,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p = sub.add_parser(name, help=help_)
         src = p.add_mutually_exclusive_group(required=True)
         src.add_argument("--images", help="image folder or list (train: stored under OUT/stored first)")
-        src.add_argument("--stored", help="a folder made by 'caffekt jigsaw prep'")
+        src.add_argument("--stored", help="a folder made by 'caffekt jigsaw prep', or an LMDB of Datums "
+                                             "(e.g. the authors' jps_dataset/train)")
         p.add_argument("--perms", help="permutation set (.bin/.npy); default: the net's hash_file, if any")
         p.add_argument("--occluder", choices=("another", "faithful", "none"), default="another",
                        help="occluding tiles from another image (paper), the same image (released fork), or none")
@@ -64,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--fc6", type=int, default=1024)
     p.add_argument("--fc7", type=int, default=4096)
     p.add_argument("--resume", help="a .solverstate to continue from")
-    p.add_argument("--out", default="jigsaw_out", help="output folder (snapshots, train_log.csv)")
+    p.add_argument("--out", default="jigsaw_out", help="output folder (solver, net, snapshots jigsaw_iter_N, jigsaw_log.csv)")
     p = sub.choices["eval"]
     p.add_argument("--model", required=True, help="PROTOTXT:WEIGHTS, or a caffemodel written by train")
     p.add_argument("--puzzles", type=int, help="number of puzzles (default: one per image)")
@@ -110,10 +111,10 @@ def _prep(args) -> int:
 
 
 def _images(args, out_dir=None):
-    from caffekt.kt.images import ImageFiles, StoredImages, list_images, prep_stored
+    from caffekt.kt.images import ImageFiles, list_images, open_images, prep_stored
 
     if args.stored:
-        return StoredImages(args.stored)
+        return open_images(stored=args.stored)
     if out_dir is None:
         return ImageFiles(list_images(args.images))
     folder = os.path.join(out_dir, "stored")
@@ -146,9 +147,8 @@ def _train(args) -> int:
                 width=args.width, fc6=args.fc6, fc7=args.fc7, max_iter=args.max_iter, batch_size=args.batch_size,
                 occluder=args.occluder, seed=args.seed, workers=args.workers, resume=args.resume,
                 snapshot=args.snapshot, base_lr=args.base_lr, progress=not args.quiet)
-    snap = res.last_snapshot[0] if res.last_snapshot else "(none)"
-    print(f"trained {res.solver.iter} iterations in {res.seconds:.1f} s; net {res.prototxt}; "
-          f"last snapshot {snap}; log {os.path.join(args.out, 'train_log.csv')}")
+    snap = res.snapshot[0] if res.snapshot else "(none)"
+    print(f"trained {res.iter} iterations in {res.seconds:.1f} s; last snapshot {snap}; log {res.log_csv}")
     return EXIT_OK
 
 

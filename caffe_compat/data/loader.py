@@ -66,6 +66,9 @@ class CaffeDataset(Dataset):
         if s is None:
             return None
         rng = sample_rng(self.seed, int(epoch), int(i)) if self.transformer.needs_rand else None
+        if getattr(self.transformer, "sets_label", False):   # the fork's puzzle layer draws the label
+            x, label = self.transformer.transform_labelled(s.image, layout=s.layout, rng=rng)
+            return torch.from_numpy(x), int(label)
         x = self.transformer.transform(s.image, layout=s.layout, rng=rng)
         return torch.from_numpy(x), int(s.label)
 

@@ -35,7 +35,7 @@ from ..proto import caffe_pb2
 F32 = np.float32
 
 # Jigsaw++ fork fields: puzzle tiling, done by caffekt.kt.puzzle, not here.
-_PUZZLE_FIELDS = ("hash_file", "gap_size", "jitter_size", "siamese_size", "patch_size")
+from .jps import FORK_FIELDS as _PUZZLE_FIELDS
 
 
 class Draw(NamedTuple):
@@ -107,7 +107,7 @@ class DataTransformer:
         if bad:
             raise UnsupportedParameter(
                 f"transform_param sets the Jigsaw++ fork field(s) {', '.join(bad)}: puzzle tiling is "
-                "done by caffekt.kt.puzzle (make_puzzle), not by DataTransformer")
+                "done by caffe_compat.data.jps.JpsTransformer, not by DataTransformer")
         if p.HasField("mean_file") and len(p.mean_value):
             raise UnsupportedParameter("Cannot specify mean_file and mean_value at the same time "
                                        f"(mean_file {p.mean_file!r}, {len(p.mean_value)} mean_value)")

@@ -74,7 +74,7 @@ def test_merge_plan_statistics():
 
 def test_parts_follow_the_label_and_the_occluder_is_another_image():
     imgs = _coord_images(4)
-    src = J.PuzzleSource(imgs, PERMS10, P.PuzzleConfig(normalize=False, gray_p=0, project_p=0), seed=7)
+    src = J.PuzzleSource(imgs, PERMS10, P.PuzzleConfig(normalize=False, colour=False), seed=7)
     seen_k = set()
     for i in range(4):
         for e in range(15):
@@ -235,8 +235,8 @@ def test_train_resume_is_identical_to_an_uninterrupted_run(tmp_path):
     J.train(imgs, out=str(tmp_path / "b"), max_iter=2, **kw)
     state = str(tmp_path / "b" / "jigsaw_iter_2.solverstate")
     resumed = J.train(imgs, out=str(tmp_path / "b"), max_iter=4, resume=state, **kw)
-    assert resumed.solver.iter == 4
+    assert resumed.iter == 4
     for a, b in zip(full.net.learnable_params(), resumed.net.learnable_params()):
         assert torch.equal(a, b)
-    rows = open(tmp_path / "a" / "train_log.csv").read().splitlines()
+    rows = open(tmp_path / "a" / "jigsaw_log.csv").read().splitlines()
     assert rows[0] == "iter,loss,smoothed_loss,lr,seconds" and len(rows) == 5

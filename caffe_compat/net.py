@@ -432,7 +432,7 @@ class Net(nn.Module):
 
 def load_net(prototxt, weights=None, phase: str = "TEST", stages: Sequence[str] = (), level: int = 0,
              input_shapes: Optional[Mapping[str, Sequence[int]]] = None, strict: bool = True,
-             python_layers: str = "refuse") -> Net:
+             python_layers: str = "refuse", tower: Optional[int] = None) -> Net:
     """Build the Caffe net ``prototxt`` (a path or a NetParameter) as a ``Net`` module.
 
     ``phase``/``stages``/``level``: the NetState deciding include/exclude rules.
@@ -441,6 +441,7 @@ def load_net(prototxt, weights=None, phase: str = "TEST", stages: Sequence[str] 
     applied in order, like ``caffe train --weights a,b``), loaded with
     ``copy_trained_layers(strict=strict)``.  ``python_layers="as_input"`` turns
     bottomless ``Python`` layers (e.g. Fast R-CNN's data layer) into named inputs.
+    ``tower=N`` loads tower N of a multi-tower training snapshot (``conv1_sN`` -> ``conv1``).
     """
     param, path = _read_param(prototxt)
     net = Net(param, phase=phase, stages=stages, level=level, input_shapes=input_shapes,
@@ -448,7 +449,7 @@ def load_net(prototxt, weights=None, phase: str = "TEST", stages: Sequence[str] 
     if weights is not None:
         from .weights import copy_trained_layers
         for w in ([weights] if isinstance(weights, (str, os.PathLike)) else list(weights)):
-            copy_trained_layers(net, w, strict=strict)
+            copy_trained_layers(net, w, strict=strict, tower=tower)
     return net
 
 

@@ -311,8 +311,8 @@ def _lmdb_data(lp, ctx: FeedContext) -> SourceFeed:
         labels = read_labels_bin(ctx.labels_bin)
         src = RelabelledSource(src, labels, ctx.labels_bin)
         if ctx.rank == 0:
-            log.info("%s: labels.bin %s replaces the Datum labels (%d labels for %d records, in key order, "
-                     "restarting at each epoch)", ctx.where, ctx.labels_bin, len(labels), len(src))
+            log.info("%s: labels from %s replace the Datum labels (%d labels for %d records, in key order, "
+                     "restarting at each epoch)", ctx.where or "Data layer", ctx.labels_bin, len(labels), len(src))
     if is_fork_layer(lp):
         tf = JpsTransformer(lp.transform_param, ctx.phase, where=ctx.where, base_dir=ctx.base_dir)
     else:

@@ -7,11 +7,18 @@ filler values.  The blob count must match and every blob must have the
 target's shape, legacy (num, channels, height, width) blobs of V0/V1 files
 comparing right-aligned as ``Blob::ShapeEquals`` does (1x1xNxK equals NxK).
 Split layers in a caffemodel (Caffe's own bookkeeping) are skipped.
+
+``tower=N`` reads one tower of a multi-tower (Siamese) training snapshot,
+e.g. the authors' 9-tower Jigsaw train_val, whose tower layers are named
+``conv1_s1`` ... ``fc6_s9`` (ours: ``conv1`` for tower 1, ``conv1_t2`` ...):
+source layer ``X_sN`` / ``X_tN`` is copied as ``X``, the other towers'
+layers are ignored, and the report lists every rename.
 """
 from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
@@ -33,6 +40,7 @@ class LoadReport:
     splits_skipped: List[str] = field(default_factory=list)  # source Split layers
     mismatched: List[Tuple[str, str]] = field(default_factory=list)  # (layer, why), strict=False
     untouched: List[str] = field(default_factory=list)       # target layers with blobs, not loaded
+    renamed: List[Tuple[str, str]] = field(default_factory=list)  # (source, target) with tower=N
 
     @property
     def ok(self) -> bool:
@@ -40,6 +48,8 @@ class LoadReport:
 
     def __str__(self) -> str:
         lines = [f"weights from {self.source}: {len(self.copied)} layer(s) copied"]
+        if self.renamed:
+            lines.append(f"  tower layers renamed: {', '.join(f'{a} -> {b}' for a, b in self.renamed)}")
         if self.mismatched:
             lines.append(f"  not copied (mismatch): {', '.join(n for n, _ in self.mismatched)}")
         if self.untouched:
@@ -99,15 +109,51 @@ def _copy_into(p: torch.nn.Parameter, a: np.ndarray) -> None:
             p.copy_(torch.from_numpy(np.array(a, dtype=np.float32)).reshape(p.shape))
 
 
-def copy_trained_layers(net, source, strict: bool = True) -> LoadReport:
+_TOWER = re.compile(r"(.+)_[st](\d+)\Z")
+
+
+def tower_of(name: str) -> Optional[Tuple[str, int]]:
+    """``("conv1", 3)`` for ``conv1_s3`` (the authors' names) or ``conv1_t3`` (ours); None otherwise."""
+    m = _TOWER.match(name)
+    return (m.group(1), int(m.group(2))) if m else None
+
+
+def _pick_tower(layers, tower: int, report: LoadReport):
+    """Source layers of tower ``tower`` under their deploy names; other towers' layers dropped."""
+    suffixed = {tower_of(n)[0] for n, _, _ in layers if tower_of(n) and tower_of(n)[1] == tower}
+    if not suffixed:
+        have = sorted({tower_of(n)[1] for n, _, _ in layers if tower_of(n)})
+        raise ShapeError(f"{report.source or 'weights'}: no layer of tower {tower} (named like conv1_s{tower} "
+                         f"or conv1_t{tower}); towers found: {have or 'none'}")
+    out = []
+    for name, ltype, arrays in layers:
+        t = tower_of(name)
+        if t is not None:
+            if t[1] != tower:
+                report.ignored.append(name)
+                continue
+            if len(arrays):
+                report.renamed.append((name, t[0]))
+            out.append((t[0], ltype, arrays))
+        elif t is None and name in suffixed:
+            report.ignored.append(name)   # tower 1's plain name when tower N is asked for
+        else:
+            out.append((name, ltype, arrays))
+    return out
+
+
+def copy_trained_layers(net, source, strict: bool = True, tower: Optional[int] = None) -> LoadReport:
     """Net::CopyTrainedLayersFrom(source) into ``net``; returns a ``LoadReport``.
 
     ``strict=True``: a blob-count or shape mismatch raises ``ShapeError``
     naming the layer, the param index and both shapes.  ``strict=False``:
     mismatched layers are left as they are and listed in ``report.mismatched``.
+    ``tower``: load that tower of a multi-tower snapshot (see the module docstring).
     """
     path, layers, legacy = _source_layers(source)
     report = LoadReport(path)
+    if tower is not None:
+        layers = _pick_tower(layers, int(tower), report)
     targets = net.blobs_by_layer  # first layer of a name wins, as the C++ search does
     loaded = set()
     for name, ltype, arrays in layers:

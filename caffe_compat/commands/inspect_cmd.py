@@ -135,13 +135,22 @@ def _describe_caffemodel(path: str) -> dict:
         layers = [{"name": lb.name, "type": lb.type, "bottom": list(lp.bottom), "top": list(lp.top),
                    "blobs": [list(a.shape) for a in lb.blobs]}
                   for lb, lp in zip(model.layers, model.net.layer)]
+        towers = _towers([lb.name for lb in model.layers if lb.blobs])
         return {"kind": "caffemodel", "version": model.format, "upgrades": list(model.upgrades),
+                "towers": towers,
                 "name": model.net.name, "bytes": model.nbytes,
                 # field 13 is BVLC round_mode (0 CEIL, 1 FLOOR) or a fork's ceil_mode (1 = true)
                 "dialect": {"pooling_field13": dict(model.pooling_field13)},
                 "fork_fields": forks, "layers": layers,
                 "num_params": sum(_count(l["blobs"]) for l in layers),
                 "nonfinite": [{"layer": n, "blob": i, "count": c} for n, i, c in (model.nonfinite or [])]}
+
+
+def _towers(names) -> int:
+    """How many towers a snapshot's weighted layers form (``conv1_s1`` ... ``conv1_s9``: 9), else 0."""
+    from ..weights import tower_of
+    ids = {t[1] for t in (tower_of(n) for n in names) if t}
+    return len(ids) if len(ids) > 1 else 0
 
 
 def _describe_solver(path: str) -> dict:
@@ -225,7 +234,11 @@ def _fmt_shapes(shapes: List[List[int]]) -> str:
 
 
 def format_table(r: dict) -> str:
-    lines = [f"file:     {r['file']}", f"kind:     {r['kind']}", f"version:  {r['version']}"]
+    kind = r["kind"]
+    if r.get("towers"):
+        kind += (f" ({r['towers']}-tower pretext snapshot: load one tower into a deploy with "
+                 f"load_net(deploy, weights, tower=N))")
+    lines = [f"file:     {r['file']}", f"kind:     {kind}", f"version:  {r['version']}"]
     if r.get("upgrades"):
         lines.append(f"upgrades: {', '.join(r['upgrades'])} (applied on read, as Caffe does)")
     dialect = r.get("dialect")

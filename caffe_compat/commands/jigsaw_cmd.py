@@ -64,7 +64,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=float, default=1.0, help="scale the convolution widths (small runs)")
     p.add_argument("--fc6", type=int, default=1024)
     p.add_argument("--fc7", type=int, default=4096)
-    p.add_argument("--resume", help="a .solverstate to continue from")
+    p.add_argument("--dropout", type=float, default=0.5, help="drop ratio of the generated net (0: none)")
+    p.add_argument("--init", choices=("authors", "msra"), default="authors",
+                   help="fillers of the generated net: the authors' gaussians, or msra (small nets)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
+    p.add_argument("--resume", help="a .solverstate to continue from, or 'auto' (the latest in --out)")
     p.add_argument("--out", default="jigsaw_out", help="output folder (solver, net, snapshots jigsaw_iter_N, jigsaw_log.csv)")
     p = sub.choices["eval"]
     p.add_argument("--model", required=True, help="PROTOTXT:WEIGHTS, or a caffemodel written by train")
@@ -142,11 +146,18 @@ def _train(args) -> int:
         print("caffekt jigsaw train: error: --perms FILE is required (e.g. the authors' permutations_701.bin, "
               "or 'caffekt jigsaw perms --n 701 -o perms.bin')", file=sys.stderr)
         return EXIT_BAD_INPUT
+    from caffe_compat.train import shutdown_distributed
     images = _images(args, args.out)
-    res = train(images, perms=perms, out=args.out, net_prototxt=args.net, solver=args.solver, arch=args.arch,
-                width=args.width, fc6=args.fc6, fc7=args.fc7, max_iter=args.max_iter, batch_size=args.batch_size,
-                occluder=args.occluder, seed=args.seed, workers=args.workers, resume=args.resume,
-                snapshot=args.snapshot, base_lr=args.base_lr, progress=not args.quiet)
+    try:
+        res = train(images, perms=perms, out=args.out, net_prototxt=args.net, solver=args.solver,
+                    arch=args.arch, width=args.width, fc6=args.fc6, fc7=args.fc7, max_iter=args.max_iter,
+                    batch_size=args.batch_size, occluder=args.occluder, seed=args.seed, workers=args.workers,
+                    resume=args.resume, snapshot=args.snapshot, base_lr=args.base_lr, progress=not args.quiet,
+                    dropout=args.dropout, init=args.init, device=args.device)
+    finally:
+        shutdown_distributed()
+    if res.snapshot is None and res.log_csv is None:
+        return EXIT_OK   # a rank other than 0 of a torchrun job: rank 0 reports
     snap = res.snapshot[0] if res.snapshot else "(none)"
     print(f"trained {res.iter} iterations in {res.seconds:.1f} s; last snapshot {snap}; log {res.log_csv}")
     return EXIT_OK

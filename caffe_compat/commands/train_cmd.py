@@ -23,6 +23,10 @@ def add_arguments(parser) -> None:
                         help="write snapshots and logs into DIR (Caffe's file names kept)")
     parser.add_argument("--seed", type=int, default=None, metavar="S", help="override the solver's random_seed")
     parser.add_argument("--workers", type=int, default=0, metavar="W", help="data loader worker processes")
+    parser.add_argument("--labels-bin", default=None, metavar="FILE",
+                        help="the Jigsaw fork's labels.bin (int32 count, then labels): replaces the labels of "
+                             "the train net's Data layers in LMDB order, e.g. cluster pseudo-labels")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--verbose", action="store_true", help="log the solver's display lines")
 
@@ -34,10 +38,18 @@ def run(args) -> int:
         raise UnsupportedParameter(f"--workers must be >= 0, got {args.workers}")
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
+    else:   # the driver's one-off notes (e.g. which labels a labels.bin replaced) are always shown
+        note = logging.getLogger("caffe_compat.train")
+        if not note.handlers:
+            h = logging.StreamHandler()
+            h.setFormatter(logging.Formatter("caffekt train: %(message)s"))
+            note.addHandler(h)
+        note.setLevel(logging.INFO)
     weights = [args.weights] if args.weights else []
     try:
         res = train(args.solver, weights=weights, resume=args.resume, max_iter=args.max_iter, out=args.out,
-                    seed=args.seed, workers=args.workers, progress=not args.no_progress)
+                    seed=args.seed, workers=args.workers, progress=not args.no_progress,
+                    labels_bin=args.labels_bin, device=args.device)
     finally:
         shutdown_distributed()
     if res.snapshot is not None:

@@ -1,20 +1,24 @@
 """Cluster classification (CC): train the stride-4 AlexNet to predict the k-means pseudo-labels.
 
-The train net is ``prototxt/alexnet_s4_deploy.prototxt`` with its Input layer
-replaced by an ImageData layer (``path label`` list, shuffled each epoch,
-resized to ``resize`` x ``resize``, random ``crop`` crop, mirror, mean values
-subtracted: Caffe's data_transformer.cpp order), ``fc8_cc`` sized to the
-number of clusters, and SoftmaxWithLoss.  The default solver is the standard
-AlexNet ImageNet recipe (Krizhevsky et al. as in BVLC's
-models/bvlc_alexnet/solver.prototxt, except for the 450K iterations of the
-paper): SGD lr 0.01 x0.1 every 100K, momentum 0.9, weight decay 5e-4,
-batch 256, crop 227.  Every value can be overridden (small CPU runs).
+The authors' way (the Jigsaw fork's data_reader.cpp): the images go into an
+LMDB of raw Datums (resized to ``resize`` x ``resize``, written once in a
+seeded shuffled order, since a Data layer reads in key order), the
+pseudo-labels into ``labels.bin`` in the same order, and the train net is
+``prototxt/alexnet_s4_deploy.prototxt`` behind a plain ``Data`` layer (random
+``crop`` crop, mirror, mean values subtracted: Caffe's data_transformer.cpp)
+with ``fc8_cc`` sized to the number of clusters and SoftmaxWithLoss.
+Training is ``caffekt train solver.prototxt --labels-bin labels.bin``: the
+one driver (``caffe_compat.train.train``), Caffe's solver semantics,
+snapshots ``cc_iter_N.caffemodel|.solverstate``, resume from the latest
+complete snapshot, progress and a CSV log.
 
-Training goes through ``caffe_compat.train.train`` (Caffe's solver
-semantics, snapshots ``cc_iter_N.caffemodel|.solverstate``, resume from the
-latest complete snapshot, progress and a CSV log).  ``out/deploy.prototxt``
-(fc8_cc sized to k) is written beside the snapshots, so ``kt features
---checkpoint out/cc_iter_N.caffemodel`` and the probes can load them.
+The default solver is the standard AlexNet ImageNet recipe (Krizhevsky et
+al. as in BVLC's models/bvlc_alexnet/solver.prototxt, except for the 450K
+iterations of the paper): SGD lr 0.01 x0.1 every 100K, momentum 0.9, weight
+decay 5e-4, batch 256, crop 227.  Every value can be overridden (small CPU
+runs).  ``out/deploy.prototxt`` (fc8_cc sized to k) is written beside the
+snapshots, so ``kt features --checkpoint out/cc_iter_N.caffemodel`` and the
+probes can load them.
 """
 from __future__ import annotations
 
@@ -76,16 +80,15 @@ def deploy_param(k: int, arch: str = "alexnet"):
     return param
 
 
-def train_param(k: int, list_file: str, recipe: CCRecipe, arch: str = "alexnet"):
-    """The CC train net: ImageData(list) -> deploy layers (no Softmax) -> SoftmaxWithLoss."""
+def train_param(k: int, lmdb_dir: str, recipe: CCRecipe, arch: str = "alexnet"):
+    """The CC train net: Data(LMDB, labels from labels.bin) -> deploy layers (no Softmax) -> SoftmaxWithLoss."""
     from caffe_compat.proto import caffe_pb2
     dep = deploy_param(k, arch)
     net = caffe_pb2.NetParameter(name=f"{dep.name}_cc_train")
-    data = net.layer.add(name="data", type="ImageData")
+    data = net.layer.add(name="data", type="Data")
     data.top.extend(["data", "label"])
-    ip = data.image_data_param
-    ip.source, ip.batch_size, ip.shuffle = list_file, int(recipe.batch_size), True
-    ip.new_height = ip.new_width = int(recipe.resize)
+    dp = data.data_param
+    dp.source, dp.batch_size, dp.backend = lmdb_dir, int(recipe.batch_size), caffe_pb2.DataParameter.LMDB
     tp = data.transform_param
     tp.crop_size, tp.mirror = int(recipe.crop_size), bool(recipe.mirror)
     tp.mean_value.extend([float(m) for m in recipe.mean])
@@ -98,6 +101,39 @@ def train_param(k: int, list_file: str, recipe: CCRecipe, arch: str = "alexnet")
     loss.bottom.extend([score, "label"])
     loss.top.append("loss")
     return net
+
+
+def write_lmdb_and_labels(names: Sequence[str], labels, out: str, *, resize: int, seed: int = 0) -> Tuple[str, str]:
+    """``out/train_lmdb`` (raw Datums, shuffled by ``seed``) and ``out/labels.bin`` in the same order.
+
+    The LMDB is reused when it was written for the same images, size and seed
+    (``train_lmdb.json``); labels.bin is rewritten every time (new clusters,
+    same images).
+    """
+    import hashlib
+    import json
+
+    import numpy as np
+
+    from caffe_compat.binary import atomic_output
+    from caffe_compat.data.jps import write_labels_bin
+    from caffe_compat.data.sources import write_lmdb
+    order = np.random.default_rng([0x4343, int(seed)]).permutation(len(names))
+    lmdb_dir, stamp = os.path.join(out, "train_lmdb"), os.path.join(out, "train_lmdb.json")
+    key = {"images": hashlib.sha256("\n".join(names).encode("utf-8")).hexdigest(), "n": len(names),
+           "resize": int(resize), "seed": int(seed)}
+    fresh = os.path.isfile(stamp) and os.path.isdir(lmdb_dir)
+    if fresh:
+        with open(stamp, encoding="utf-8") as f:
+            fresh = json.load(f) == key
+    if not fresh:
+        import shutil
+        shutil.rmtree(lmdb_dir, ignore_errors=True)
+        write_lmdb(lmdb_dir, [(names[i], 0) for i in order], encoded=False, resize=(int(resize), int(resize)))
+        with atomic_output(stamp) as f:
+            f.write(json.dumps(key).encode("utf-8"))
+    labels_bin = write_labels_bin(os.path.join(out, "labels.bin"), np.asarray(labels)[order])
+    return lmdb_dir, labels_bin
 
 
 def solver_param(train_net: str, prefix: str, recipe: CCRecipe, solver: Optional[str] = None):
@@ -153,18 +189,23 @@ def train_cc(labels: str, out: str, *, images: Optional[Sequence[str]] = None, a
     from caffe_compat.prototxt import write_prototxt
     from caffe_compat.train import train
 
+    from .labels import read_list
+
     os.makedirs(out, exist_ok=True)
     list_file = os.path.join(out, "train_list.txt")
     n, k_found = resolve_labels(labels, images, list_file)
     k = int(k or k_found)
     if k < k_found:
         raise CaffeCompatError(f"{labels}: labels go up to {k_found - 1} but k={k}")
-    write_prototxt(train_param(k, os.path.abspath(list_file), recipe, arch), os.path.join(out, "train.prototxt"))
+    names, lab = read_list(list_file)
+    lmdb_dir, labels_bin = write_lmdb_and_labels(names, lab, out, resize=recipe.resize, seed=recipe.random_seed)
+    write_prototxt(train_param(k, os.path.abspath(lmdb_dir), recipe, arch), os.path.join(out, "train.prototxt"))
     write_prototxt(deploy_param(k, arch), os.path.join(out, "deploy.prototxt"))
     sp = solver_param(os.path.abspath(os.path.join(out, "train.prototxt")), os.path.join(out, "cc"), recipe, solver)
     solver_path = os.path.join(out, "solver.prototxt")
     write_prototxt(sp, solver_path)
-    return train(solver_path, resume=resume, out=out, workers=workers, progress=progress, callbacks=callbacks)
+    return train(solver_path, resume=resume, out=out, workers=workers, progress=progress, callbacks=callbacks,
+                 labels_bin=labels_bin, progress_desc="cc")
 
 
 def latest_model(out: str) -> Optional[str]:
@@ -178,4 +219,4 @@ def latest_model(out: str) -> Optional[str]:
 
 
 __all__ = ["CCRecipe", "train_cc", "train_param", "deploy_param", "solver_param", "resolve_labels",
-           "latest_model"]
+           "write_lmdb_and_labels", "latest_model"]

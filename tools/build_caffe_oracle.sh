@@ -39,7 +39,7 @@ VENV_PKGS="numpy==2.4.6 protobuf==7.36.2 six==1.17.0 scipy==1.17.1 scikit-image=
 DEBIAN_PKGS="build-essential cmake ca-certificates python3-dev python3-venv
   protobuf-compiler libprotobuf-dev libgoogle-glog-dev libgflags-dev libhdf5-dev
   libopenblas-dev libboost-system-dev libboost-thread-dev libboost-filesystem-dev
-  libboost-regex-dev libboost-python-dev"
+  libboost-regex-dev libboost-python-dev libgtest-dev"
 # Bump when the recipe below changes in a way that needs a rebuild.
 RECIPE=2
 

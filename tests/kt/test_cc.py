@@ -12,11 +12,11 @@ from caffekt.kt.labels import write_list
 
 def test_default_recipe_is_the_alexnet_imagenet_schedule(tmp_path):
     r = cc.CCRecipe()
-    net = cc.train_param(2000, "/x/list.txt", r)
+    net = cc.train_param(2000, "/x/train_lmdb", r)
     data = net.layer[0]
-    assert data.type == "ImageData" and list(data.top) == ["data", "label"]
-    ip, tp = data.image_data_param, data.transform_param
-    assert (ip.source, ip.batch_size, ip.shuffle, ip.new_height, ip.new_width) == ("/x/list.txt", 256, True, 256, 256)
+    assert data.type == "Data" and list(data.top) == ["data", "label"]
+    dp, tp = data.data_param, data.transform_param
+    assert (dp.source, dp.batch_size, dp.backend) == ("/x/train_lmdb", 256, dp.LMDB)
     assert (tp.crop_size, tp.mirror, list(tp.mean_value)) == (227, True, [104.0, 117.0, 123.0])
     fc8 = [l for l in net.layer if l.name == "fc8_cc"][0]
     assert fc8.inner_product_param.num_output == 2000
@@ -53,8 +53,15 @@ def test_short_run_snapshots_and_resumes(tmp_path, labelled):
     out = str(tmp_path / "cc")
     res = cc.train_cc(lab, out, images=paths, recipe=SMALL.replace(max_iter=2), progress=False)
     assert res.iter == 2 and cc.latest_model(out).endswith("cc_iter_2.caffemodel")
-    for f in ("train.prototxt", "deploy.prototxt", "solver.prototxt", "train_list.txt"):
+    for f in ("train.prototxt", "deploy.prototxt", "solver.prototxt", "train_list.txt", "labels.bin",
+              "train_lmdb/data.mdb"):
         assert os.path.isfile(os.path.join(out, f))
+    # the authors' way: labels.bin holds the pseudo-labels in the LMDB's (shuffled) record order
+    from caffe_compat.data.jps import read_labels_bin
+    from caffe_compat.data.sources import LMDBSource
+    db, lab_bin = LMDBSource(os.path.join(out, "train_lmdb")), read_labels_bin(os.path.join(out, "labels.bin"))
+    want = {p: i % 2 for i, p in enumerate(paths)}
+    assert len(db) == 8 and [want[k.decode().split("_", 1)[1]] for k in db.keys] == lab_bin.tolist()
     seen = []
     res = cc.train_cc(lab, out, images=paths, recipe=SMALL, progress=False,
                       callbacks=[lambda solver, *a: seen.append(solver.iter)])

@@ -85,7 +85,7 @@ def test_cli_prep_train_eval_smoke(tmp_path, fixtures_dir, capsys):
                  "--width", "0.125", "--fc6", "16", "--fc7", "16", "--out", out, "--quiet"]) == 0
     assert "trained 2 iterations" in capsys.readouterr().out
     model = os.path.join(out, "jigsaw_iter_2.caffemodel")
-    assert os.path.exists(model) and len(open(os.path.join(out, "train_log.csv")).read().splitlines()) == 3
+    assert os.path.exists(model) and len(open(os.path.join(out, "jigsaw_log.csv")).read().splitlines()) == 3
     assert main(["jigsaw", "eval", "--model", model, "--stored", st, "--perms", perms, "--puzzles", "3",
                  "--batch-size", "2", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)

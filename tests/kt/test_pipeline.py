@@ -175,8 +175,8 @@ def test_jigsaw_stage_small_scale_recipe_reaches_the_solver(tmp_path):
     assert (sp.type, sp.lr_policy, sp.max_iter, sp.snapshot) == ("Adam", "fixed", 3, 3)
     assert sp.base_lr == pytest.approx(3e-4) and sp.momentum2 == pytest.approx(0.999)
     assert sp.snapshot_prefix == str(out / "jigsaw")
-    log = read_log(str(out / "train_log.csv"))
-    assert list(log["iter"]) == [1, 2, 3] and np.allclose(log["lr"], 3e-4)
+    log = read_log(str(out / "jigsaw_log.csv"))
+    assert list(log["iter"]) == [0, 1, 2] and np.allclose(log["lr"], 3e-4)   # Caffe logs the iteration before its update
     assert (out / "teacher.caffemodel").stat().st_size > 0
     with pytest.raises(CaffeCompatError, match=r"stage 'jig': solver_type must be a Caffe solver type, got 'Adamw'"):
         PL._jigsaw({**st, "solver_type": "Adamw"})

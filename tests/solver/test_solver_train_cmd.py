@@ -202,20 +202,20 @@ def test_sharded_stream_is_the_single_process_batch(shuffle):
 
 
 def test_feeder_registry_hook(tmp_path, monkeypatch):
-    # a Jigsaw++-style Data layer is claimed by a registered feeder; without one the error says so
-    monkeypatch.setattr(T, "_plugins_loaded", True)     # keep caffekt.kt.jigsaw's own feeder out
+    # a Jigsaw++-style Data layer goes to the built-in fork feeder (data.jps), unless a registered one claims it
+    monkeypatch.setattr(T, "_plugins_loaded", True)     # only the feeders this test registers
     net = tmp_path / "p.prototxt"
     net.write_text('name: "p"\n'
                    'layer { name: "data" type: "Data" top: "data" top: "label" '
                    'transform_param { hash_file: "h.txt" siamese_size: 2 patch_size: 4 } '
-                   'data_param { source: "nowhere" batch_size: 2 } }\n'
+                   'data_param { source: "nowhere" batch_size: 2 backend: LMDB } }\n'
                    'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" '
                    'inner_product_param { num_output: 3 weight_filler { type: "xavier" } } }\n'
                    'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }\n')
     sp = tmp_path / "s.prototxt"
     sp.write_text(case.solver_text(net=str(net), base_lr=0.1, lr_policy="fixed", max_iter=2,
                                    snapshot_prefix=str(tmp_path / "p")))
-    with pytest.raises(T.UnsupportedParameter, match="no puzzle feeder is registered"):
+    with pytest.raises(T.CaffeFormatError, match=r"layer 'data' \(type Data\): data source not found"):
         T.train(str(sp), progress=False)
     seen = []
 

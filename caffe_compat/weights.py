@@ -121,8 +121,10 @@ def tower_of(name: str) -> Optional[Tuple[str, int]]:
 def _pick_tower(layers, tower: int, report: LoadReport):
     """Source layers of tower ``tower`` under their deploy names; other towers' layers dropped."""
     suffixed = {tower_of(n)[0] for n, _, _ in layers if tower_of(n) and tower_of(n)[1] == tower}
-    if not suffixed:
-        have = sorted({tower_of(n)[1] for n, _, _ in layers if tower_of(n)})
+    have = sorted({tower_of(n)[1] for n, _, _ in layers if tower_of(n)})
+    # caffekt's own 9-tower nets name tower 1 plainly (conv1) and the others conv1_t2 ...
+    plain_first = tower == 1 and have and 1 not in have
+    if not suffixed and not plain_first:
         raise ShapeError(f"{report.source or 'weights'}: no layer of tower {tower} (named like conv1_s{tower} "
                          f"or conv1_t{tower}); towers found: {have or 'none'}")
     out = []

@@ -15,6 +15,7 @@ import shlex
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import REPO
@@ -104,6 +105,20 @@ def scratch(tmp_path_factory):
     os.symlink(os.path.join(REPO, "prototxt"), d / "prototxt")
     torch.manual_seed(0)
     cc.save_caffemodel(cc.load_net(path("jigsaw_cfn_tower_s2_deploy.prototxt")), str(d / "jps_alexnet.caffemodel"))
+    # a 2-tower stand-in of the authors' 9-tower snapshot: tower t's layers named conv1_s<t> ... fc6_s<t>
+    from caffe_compat.binary import read_caffemodel
+    from caffe_compat.proto import caffe_pb2
+    snap = caffe_pb2.NetParameter(name="CaffeNet")
+    with read_caffemodel(str(d / "jps_alexnet.caffemodel")) as m:
+        for t in (1, 2):
+            for lb in m.layers:
+                if len(lb.blobs):
+                    lp = snap.layer.add(name=f"{lb.name}_s{t}", type=lb.type)
+                    for a in lb.blobs:
+                        b = lp.blobs.add()
+                        b.shape.dim.extend(a.shape)
+                        b.data.extend(np.asarray(a, dtype=np.float32).ravel().tolist())
+    (d / "caffenet_train_iter_350000.caffemodel").write_bytes(snap.SerializeToString())
     build_photo_set(str(d / "photos"), crops_per_photo=4, size=32)
     (d / "net.prototxt").write_text(
         'name: "mynet"\n'

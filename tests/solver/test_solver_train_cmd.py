@@ -13,10 +13,12 @@ import pytest
 import torch
 
 import _train_case as case
+from caffe_compat.errors import CaffeFormatError, UnsupportedParameter
 from caffe_compat import cli
 from caffe_compat.io import read_caffemodel, read_solver, read_solverstate
 from caffe_compat.proto import caffe_pb2
 from caffe_compat import train as T
+from caffe_compat.train import feeders as TF
 
 
 def _train(*args) -> int:
@@ -191,8 +193,8 @@ def test_image_data_batches_match_cv2(solver, tmp_path):
 def test_sharded_stream_is_the_single_process_batch(shuffle):
     from caffe_compat.data.loader import epoch_order
     n, bs, world = 7, 3, 2
-    single = iter(T._KeyStream(n, world * bs, shuffle, 5, 0, 1, 0))
-    ranks = [iter(T._KeyStream(n, bs, shuffle, 5, r, world, 0)) for r in range(world)]
+    single = iter(TF._KeyStream(n, world * bs, shuffle, 5, 0, 1, 0))
+    ranks = [iter(TF._KeyStream(n, bs, shuffle, 5, r, world, 0)) for r in range(world)]
     stream = [(p // n, int(epoch_order(n, 5, p // n, shuffle)[p % n])) for p in range(5 * world * bs)]
     for t in range(5):
         whole = next(single)
@@ -203,7 +205,7 @@ def test_sharded_stream_is_the_single_process_batch(shuffle):
 
 def test_feeder_registry_hook(tmp_path, monkeypatch):
     # a Jigsaw++-style Data layer goes to the built-in fork feeder (data.jps), unless a registered one claims it
-    monkeypatch.setattr(T, "_plugins_loaded", True)     # only the feeders this test registers
+    monkeypatch.setattr(TF, "_plugins_loaded", True)     # only the feeders this test registers
     net = tmp_path / "p.prototxt"
     net.write_text('name: "p"\n'
                    'layer { name: "data" type: "Data" top: "data" top: "label" '
@@ -215,7 +217,7 @@ def test_feeder_registry_hook(tmp_path, monkeypatch):
     sp = tmp_path / "s.prototxt"
     sp.write_text(case.solver_text(net=str(net), base_lr=0.1, lr_policy="fixed", max_iter=2,
                                    snapshot_prefix=str(tmp_path / "p")))
-    with pytest.raises(T.CaffeFormatError, match=r"layer 'data' \(type Data\): data source not found"):
+    with pytest.raises(CaffeFormatError, match=r"layer 'data' \(type Data\): data source not found"):
         T.train(str(sp), progress=False)
     seen = []
 
@@ -275,11 +277,11 @@ def test_net_selection_follows_init_train_and_test_nets(tmp_path):
     assert [t.source for t in tests] == [f"test_net file {other}", f"net file {net}"]
     assert [list(t.param.state.stage) for t in tests] == [["a"], ["own", "b"]]
     assert all(t.param.state.phase == caffe_pb2.TEST for t in tests)
-    with pytest.raises(T.UnsupportedParameter, match="exactly one train net"):
+    with pytest.raises(UnsupportedParameter, match="exactly one train net"):
         T.net_specs(_solver_param(f'net: "{net}" train_net: "{net}"'), "s")
-    with pytest.raises(T.UnsupportedParameter, match=r"test_iter must be specified for each test network \(1 test"):
+    with pytest.raises(UnsupportedParameter, match=r"test_iter must be specified for each test network \(1 test"):
         T.net_specs(_solver_param(f'train_net: "{net}" test_net: "{other}"'), "s")
-    with pytest.raises(T.UnsupportedParameter, match="test_state must be unspecified or specified once"):
+    with pytest.raises(UnsupportedParameter, match="test_state must be unspecified or specified once"):
         T.net_specs(_solver_param(f'net: "{net}" test_iter: 1 test_iter: 1 test_state {{ stage: "a" }}'), "s")
 
 
@@ -367,7 +369,7 @@ def test_unsupported_data_layers(tmp_path, capsys, layer, says):
                    'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }\n')
     sp = tmp_path / "s.prototxt"
     sp.write_text(case.solver_text(net=str(net), base_lr=0.1, lr_policy="fixed", max_iter=2))
-    if "h5py" in says and T._has_module("h5py"):
+    if "h5py" in says and TF._has_module("h5py"):
         pytest.skip("h5py is installed")
     _expect_exit2(capsys, sp, says=[f"net file {net}, layer 'data'", says])
 

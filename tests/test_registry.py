@@ -4,6 +4,7 @@ from __future__ import annotations
 import glob
 import inspect
 import os
+import pkgutil
 import re
 
 import pytest
@@ -27,13 +28,13 @@ EXPECTED = {
 }
 
 
-def _test_text() -> str:
-    text = []
-    for p in glob.glob(os.path.join(TESTS, "**", "*.py"), recursive=True):
-        if os.path.basename(p) != "test_registry.py":
-            with open(p, encoding="utf-8") as f:
-                text.append(f.read())
-    return "\n".join(text)
+# tests/layers files that check every type at once rather than one module
+CROSS_CUTTING = {"gradcheck"}
+
+
+def _module_test_file(cls) -> str:
+    """tests/layers/test_<module>.py for the module that implements ``cls`` (tests mirror the package)."""
+    return os.path.join(TESTS, "layers", f"test_{cls.__module__.rsplit('.', 1)[-1]}.py")
 
 
 def test_registry_holds_exactly_the_expected_types():
@@ -45,9 +46,23 @@ def test_each_type_names_its_caffe_source_and_is_tested(type_name):
     cls = L.get(type_name)
     doc = (inspect.getmodule(cls).__doc__ or "") + (cls.__doc__ or "")
     assert re.search(r"\w+\.(cpp|cu|hpp)\b", doc), f"{type_name}: docstring names no Caffe source file"
-    # a test builds it: its type string appears quoted in some test module
-    assert re.search(rf"""["']{re.escape(type_name)}["']""",
-                     _test_text()), f"{type_name}: no test mentions it"
+    # its module's own test file exists and builds it: the type string appears quoted there
+    path = _module_test_file(cls)
+    assert os.path.isfile(path), f"{type_name}: {cls.__module__} has no test file {os.path.relpath(path, TESTS)}"
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    assert re.search(rf"""["']{re.escape(type_name)}["']""", text), \
+        f"{type_name}: {os.path.relpath(path, TESTS)} does not mention it"
+
+
+def test_every_layer_module_has_its_test_file():
+    mods = {L.get(t).__module__.rsplit(".", 1)[-1] for t in EXPECTED}
+    files = {os.path.basename(p)[5:-3] for p in glob.glob(os.path.join(TESTS, "layers", "test_*.py"))}
+    assert not mods - files, f"layer modules without tests/layers/test_<module>.py: {sorted(mods - files)}"
+    # The other direction too: a test file outlives no module (renames), bar the cross-cutting ones.
+    package = {m.name for m in pkgutil.iter_modules(L.__path__)}
+    stray = files - package - CROSS_CUTTING
+    assert not stray, f"tests/layers files naming no module of caffe_compat/layers: {sorted(stray)}"
 
 
 def test_unknown_type_lists_known_types_and_the_closest():

@@ -157,3 +157,11 @@ def oracle_check(cases, phase: str = "TEST", force_backward: bool = True, seed: 
         for j, p in enumerate(layer.blobs):  # stateful layers (BatchNorm) update blobs in forward
             assert_close(p, res["params"][f"c{i}/{j}"], c.rtol, c.atol, f"{c.name} blob[{j}] after")
     return {c.name: (ours[c.name], res) for c in cases}
+
+
+def labels(shape, classes: int, seed: int, ignore=None) -> np.ndarray:
+    """Integer class labels in [0, classes) as float32 (Caffe's label blobs); every 4th is ``ignore``."""
+    lab = np.random.default_rng(seed).integers(0, classes, size=shape).astype(np.float32)
+    if ignore is not None:
+        lab.reshape(-1)[::4] = ignore
+    return lab

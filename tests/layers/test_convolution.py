@@ -1,4 +1,4 @@
-"""Convolution and Deconvolution against a NumPy port (im2col / col2im semantics) and real Caffe."""
+"""Convolution (conv_layer.cpp) against a NumPy port (im2col + gemm semantics) and real Caffe."""
 from __future__ import annotations
 
 import itertools
@@ -33,29 +33,6 @@ def ref_conv(x, w, b, stride, pad, dil, group):
     return y
 
 
-def ref_deconv(x, w, b, stride, pad, dil, group):
-    """Caffe's deconv (gemm + col2im): every input pixel scatters W into the output, float64."""
-    N, C = x.shape[:2]
-    sp = x.shape[2:]
-    Og = w.shape[1]
-    ks = w.shape[2:]
-    O = Og * group
-    full = [st * (s - 1) + d * (k - 1) + 1 for s, k, st, d in zip(sp, ks, stride, dil)]
-    y = np.zeros((N, O) + tuple(full))
-    Cg = C // group
-    for g in range(group):
-        for off in itertools.product(*[range(k) for k in ks]):
-            sl = tuple(slice(o * d, o * d + st * (n - 1) + 1, st) for o, d, st, n in zip(off, dil, stride, sp))
-            wk = w[(slice(g * Cg, (g + 1) * Cg), slice(None)) + off]  # (Cg, Og)
-            y[(slice(None), slice(g * Og, (g + 1) * Og)) + sl] += np.einsum(
-                "nc...,co->no...", x[:, g * Cg:(g + 1) * Cg], wk)
-    crop = tuple(slice(p, f - p) for p, f in zip(pad, full))
-    y = y[(slice(None), slice(None)) + crop]
-    if b is not None:
-        y += b.reshape((1, O) + (1,) * len(sp))
-    return y
-
-
 # name, bottom shape, convolution_param body, (stride, pad, dilation) as resolved by Caffe
 CONV = [
     ("2d_group_pad", (2, 4, 7, 6), "num_output: 6 kernel_size: 3 stride: 2 pad: 1 group: 2", ([2, 2], [1, 1], [1, 1])),
@@ -66,15 +43,6 @@ CONV = [
     ("3d_per_axis", (2, 2, 5, 6, 4), "num_output: 3 kernel_size: 3 kernel_size: 2 kernel_size: 2 "
                                      "stride: 1 stride: 2 stride: 1 pad: 1 pad: 0 pad: 1", ([1, 2, 1], [1, 0, 1], [1, 1, 1])),
 ]
-DECONV = [
-    ("2d_group_pad", (2, 4, 5, 6), "num_output: 6 kernel_size: 4 stride: 2 pad: 1 group: 2", ([2, 2], [1, 1], [1, 1])),
-    ("2d_hw_dilated", (2, 3, 4, 5), "num_output: 5 kernel_h: 3 kernel_w: 2 stride_h: 3 stride_w: 1 "
-                                    "pad_h: 1 pad_w: 0 dilation: 2", ([3, 1], [1, 0], [2, 2])),
-    ("1d", (3, 2, 7), "num_output: 4 kernel_size: 3 stride: 2 bias_term: false", ([2], [0], [1])),
-    ("3d", (1, 2, 3, 4, 2), "num_output: 2 kernel_size: 2 stride: 2", ([2, 2, 2], [0, 0, 0], [1, 1, 1])),
-]
-
-
 def _build(kind, shape, body, seed):
     layer = make_layer(kind, f"convolution_param {{ {body} }}", [shape], module=kind.lower())
     params = [randn(tuple(p.shape), seed=seed + j) for j, p in enumerate(layer.blobs)]
@@ -83,16 +51,14 @@ def _build(kind, shape, body, seed):
     return layer, params
 
 
-@pytest.mark.parametrize("kind,case", [("Convolution", c) for c in CONV] + [("Deconvolution", c) for c in DECONV],
-                         ids=[f"conv-{c[0]}" for c in CONV] + [f"deconv-{c[0]}" for c in DECONV])
+@pytest.mark.parametrize("kind,case", [("Convolution", c) for c in CONV], ids=[f"conv-{c[0]}" for c in CONV])
 def test_forward_vs_numpy_port(kind, case):
     name, shape, body, (stride, pad, dil) = case
     layer, params = _build(kind, shape, body, seed=3)
     assert (layer.stride, layer.pad, layer.dilation) == (stride, pad, dil)
     x = randn(shape, seed=1)
     group = layer.group
-    ref = ref_conv if kind == "Convolution" else ref_deconv
-    want = ref(x.astype(np.float64), params[0].astype(np.float64),
+    want = ref_conv(x.astype(np.float64), params[0].astype(np.float64),
                params[1].astype(np.float64) if len(params) > 1 else None, stride, pad, dil, group)
     (y,), _, _ = run_layer(layer, [x])
     assert y.shape == layer.top_shapes[0]
@@ -103,10 +69,6 @@ def test_weight_shapes_and_axis():
     conv = make_layer("Convolution", "convolution_param { num_output: 6 kernel_size: 3 group: 3 }",
                       [(2, 9, 5, 5)], module="convolution")
     assert [tuple(b.shape) for b in conv.blobs] == [(6, 3, 3, 3), (6,)]
-    deconv = make_layer("Deconvolution", "convolution_param { num_output: 6 kernel_size: 3 group: 3 }",
-                        [(2, 9, 5, 5)], module="deconvolution")
-    assert [tuple(b.shape) for b in deconv.blobs] == [(9, 2, 3, 3), (6,)]
-    assert deconv.top_shapes == [(2, 6, 7, 7)]
     # axis 2: the first two axes are batch; one conv over (C=4, 6, 5).
     ax = make_layer("Convolution", "convolution_param { num_output: 2 kernel_size: 2 axis: 2 }",
                     [(2, 3, 4, 6, 5)], module="convolution")
@@ -147,7 +109,6 @@ def make_like(layer):
     ("Convolution", "kernel_size: 3", [(1, 2, 5, 5)], UnsupportedParameter, "num_output must be > 0"),
     ("Convolution", "num_output: 2 kernel_size: 7", [(1, 2, 5, 5)], ShapeError, "smaller than the dilated kernel"),
     ("Convolution", "num_output: 2 kernel_size: 3", [(1, 2, 5, 5), (1, 2, 5, 4)], ShapeError, "same shape"),
-    ("Deconvolution", "num_output: 2 kernel_size: 1 pad: 1", [(1, 2, 1, 1)], ShapeError, "not positive"),
 ])
 def test_bad_params(kind, body, shapes, exc, msg):
     with pytest.raises(exc, match=msg) as ei:
@@ -158,9 +119,13 @@ def test_bad_params(kind, body, shapes, exc, msg):
 
 @pytest.mark.caffe
 def test_against_real_caffe():
+    conv_vs_caffe([("Convolution", c) for c in CONV])
+
+
+def conv_vs_caffe(cases):
+    """Forward, bottom diff and param diffs of every (kind, case) in one real-Caffe net."""
     _oracle.require_oracle()
     inputs, layers, feeds, diffs, params, ours = {}, [], {}, {}, {}, {}
-    cases = [("Convolution", c) for c in CONV] + [("Deconvolution", c) for c in DECONV]
     for i, (kind, (name, shape, body, _)) in enumerate(cases):
         inputs[f"x{i}"] = shape
         layers.append(f'layer {{ name: "c{i}" type: "{kind}" bottom: "x{i}" top: "y{i}" '

@@ -1,4 +1,4 @@
-"""Scale and Bias against NumPy broadcasting (Caffe's outer/dim/inner loops) and real Caffe."""
+"""Scale (scale_layer.cpp) against NumPy broadcasting (Caffe's outer/dim/inner loops) and real Caffe."""
 from __future__ import annotations
 
 import numpy as np
@@ -27,23 +27,16 @@ SCALE = [  # name, body, bottoms, axis used for the operand, operand shape
     ("bottom1", "scale_param { axis: 1 }", [X, (3, 4)], 1, (3, 4)),
     ("bottom1_bias", "scale_param { axis: 0 bias_term: true }", [X, (2, 3)], 0, (2, 3)),
 ]
-BIAS = [
-    ("blob_c", "bias_param { filler { type: 'gaussian' } }", [X], 1, (3,)),
-    ("blob_w", "bias_param { axis: -1 }", [X], 3, (5,)),
-    ("blob_scalar", "bias_param { num_axes: 0 }", [X], 0, ()),
-    ("bottom1", "bias_param { axis: 2 }", [X, (4, 5)], 2, (4, 5)),
-]
 
 
 def _params(layer, seed):
     return [randn(tuple(p.shape), seed=seed + j) for j, p in enumerate(layer.blobs)]
 
 
-@pytest.mark.parametrize("kind,case", [("Scale", c) for c in SCALE] + [("Bias", c) for c in BIAS],
-                         ids=[f"scale-{c[0]}" for c in SCALE] + [f"bias-{c[0]}" for c in BIAS])
-def test_vs_numpy(kind, case):
+@pytest.mark.parametrize("case", SCALE, ids=[c[0] for c in SCALE])
+def test_vs_numpy(case):
     name, body, shapes, axis, op_shape = case
-    layer = make_layer(kind, body, shapes)
+    layer = make_layer("Scale", body, shapes, module="scale")
     bottoms = [randn(s, seed=i + 1) for i, s in enumerate(shapes)]
     vals = _params(layer, 10)
     for p, v in zip(layer.blobs, vals):
@@ -52,12 +45,9 @@ def test_vs_numpy(kind, case):
     assert op.shape == op_shape
     x = bottoms[0].astype(np.float64)
     b = ref_broadcast(x, op.astype(np.float64), axis)
-    if kind == "Scale":
-        want = x * b
-        if layer.bias_term:
-            want = want + ref_broadcast(x, vals[-1].astype(np.float64), axis)
-    else:
-        want = x + b
+    want = x * b
+    if layer.bias_term:
+        want = want + ref_broadcast(x, vals[-1].astype(np.float64), axis)
     (y,), _, _ = run_layer(layer, bottoms)
     assert_close(y, want, what=name)
 
@@ -68,15 +58,12 @@ def test_blob_layout_and_default_fillers():
     assert s.blobs[0].detach().numpy().tolist() == [1, 1, 1] and not s.blobs[1].detach().numpy().any()
     s2 = make_layer("Scale", "scale_param { bias_term: true }", [X, (3,)])
     assert [tuple(p.shape) for p in s2.blobs] == [(3,)]      # the bias is blobs[0] here
-    assert not make_layer("Bias", "", [X]).blobs[0].detach().numpy().any()
 
 
 @pytest.mark.parametrize("kind,body,shapes,exc,msg", [
     ("Scale", "scale_param { axis: 2 num_axes: 3 }", [X], UnsupportedParameter, "extends past"),
     ("Scale", "scale_param { num_axes: -2 }", [X], UnsupportedParameter, "num_axes must be non-negative"),
     ("Scale", "scale_param { axis: 1 }", [X, (4,)], ShapeError, "dimension mismatch"),
-    ("Bias", "bias_param { axis: 4 }", [X], UnsupportedParameter, "axis 4 is out of range"),
-    ("Bias", "bias_param { axis: 3 }", [X, (5, 2)], ShapeError, "does not fit"),
 ])
 def test_bad_params(kind, body, shapes, exc, msg):
     with pytest.raises(exc, match=msg) as ei:
@@ -87,9 +74,8 @@ def test_bad_params(kind, body, shapes, exc, msg):
 @pytest.mark.caffe
 def test_against_real_caffe():
     cases = []
-    for kind, table in (("Scale", SCALE), ("Bias", BIAS)):
-        for i, (name, body, shapes, _a, _s) in enumerate(table):
-            layer = make_layer(kind, body, shapes)
-            cases.append(Case(f"{kind}-{name}", kind, body, [randn(s, seed=30 + i + j) for j, s in enumerate(shapes)],
-                              params=_params(layer, 40 + i)))
+    for i, (name, body, shapes, _a, _s) in enumerate(SCALE):
+        layer = make_layer("Scale", body, shapes, module="scale")
+        cases.append(Case(f"Scale-{name}", "Scale", body, [randn(s, seed=30 + i + j) for j, s in enumerate(shapes)],
+                          params=_params(layer, 40 + i)))
     oracle_check(cases)

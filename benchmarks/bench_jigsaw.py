@@ -1,10 +1,12 @@
-"""Jigsaw++ throughput: puzzles/s per core (stored images vs JPEG files) and the 9-tower training step.
+"""Jigsaw++ throughput: puzzles/s per core (LMDB fork feeder vs stored images vs JPEG) and the training step.
 
     python benchmarks/bench_jigsaw.py [--puzzles 200] [--batch 16] [--steps 2]
 
 * data: one process, one thread (``cv2.setNumThreads(1)``, ``torch.set_num_threads(1)``)
   building full Jigsaw++ samples (tiles, colour, occluder, MergeData, MVN x50)
   from stored 255x255 images in memory, and from JPEG files decoded per puzzle;
+  and the batches ``caffekt train`` feeds the authors' ``data_0`` layer from an
+  LMDB of raw 255x255 Datums (read, decode, the fork's transform, collate);
 * net: the 9-tower AlexNet (``cfn_net_param``, 701 permutations) forward + backward
   + Caffe SGD update on CPU at ``--batch`` (256 would take minutes on a laptop
   core), extrapolated linearly to the authors' batch 256;
@@ -47,6 +49,29 @@ def _rate(source, n: int) -> float:
     return n / (time.perf_counter() - t)
 
 
+def _lmdb_rate(stored, folder: str, n: int, batch: int = 16) -> float:
+    """Puzzles/s of the driver's feeder for a fork Data layer (hash_file, 9 tiles) over an LMDB."""
+    from caffe_compat.binary import encode_datum
+    from caffe_compat.data.sources import write_lmdb_records
+    from caffe_compat.proto import caffe_pb2
+    from caffe_compat.train import FeedContext, make_feeder
+    from caffekt.kt.permutations import generate_permutations, write_permutations
+    db, perms = os.path.join(folder, "db"), os.path.join(folder, "perms.bin")
+    write_permutations(perms, generate_permutations(100, seed=0))
+    write_lmdb_records(db, [(f"{i:08d}", encode_datum(np.ascontiguousarray(stored[i].transpose(2, 0, 1)), 0))
+                            for i in range(len(stored))])
+    lp = caffe_pb2.LayerParameter(name="data_0", type="Data", top=["data_0", "label"])
+    lp.data_param.source, lp.data_param.batch_size, lp.data_param.backend = db, batch, lp.data_param.LMDB
+    tp = lp.transform_param
+    tp.crop_size, tp.siamese_size, tp.patch_size, tp.jitter_size, tp.hash_file = 255, 9, 64, 18, perms
+    feed = make_feeder(lp, FeedContext("TRAIN", 0))
+    feed()   # warm-up (opens the LMDB)
+    t = time.perf_counter()
+    for _ in range(max(1, n // batch)):
+        feed()
+    return max(1, n // batch) * batch / (time.perf_counter() - t)
+
+
 def _macs(net) -> int:
     """Multiply-adds of one forward pass of the convolutions and inner products."""
     total = 0
@@ -86,7 +111,9 @@ def main() -> None:
         cfg = PuzzleConfig()
         r_stored = _rate(J.PuzzleSource(stored, perms, cfg, 0), args.puzzles)
         r_jpeg = _rate(J.PuzzleSource(files, perms, cfg, 0), max(20, args.puzzles // 4))
-    print(f"data, 1 core: {r_stored:.0f} puzzles/s from stored 255x255 images, "
+        r_lmdb = _lmdb_rate(stored, d, args.puzzles)
+    print(f"data, 1 core: {r_lmdb:.0f} puzzles/s through the LMDB fork feeder (caffekt train, data_0 only), "
+          f"{r_stored:.0f} puzzles/s from stored 255x255 images (both Data layers' tiles + MergeData), "
           f"{r_jpeg:.0f} puzzles/s decoding a 500x375 JPEG per puzzle")
 
     torch.set_num_threads(os.cpu_count() or 1)

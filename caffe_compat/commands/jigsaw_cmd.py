@@ -115,15 +115,15 @@ def _prep(args) -> int:
 
 
 def _images(args, out_dir=None):
-    from caffekt.kt.images import ImageFiles, list_images, open_images, prep_stored
+    from caffekt.kt.images import open_images, prep_stored
 
     if args.stored:
         return open_images(stored=args.stored)
     if out_dir is None:
-        return ImageFiles(list_images(args.images))
+        return open_images(images=args.images)
     folder = os.path.join(out_dir, "stored")
     prep_stored(args.images, folder, progress=not args.quiet)
-    return StoredImages(folder)
+    return open_images(stored=folder)
 
 
 def _perm_file(args, prototxt=None):

@@ -249,27 +249,36 @@ class JpsTransformer:
             raise ShapeError(f"{self.where}: a {H}x{W} record is smaller than crop_size {self.crop}")
         if self.mean_values and len(self.mean_values) not in (1, C):
             raise ShapeError(f"{self.where}: Specify either 1 mean_value or as many as channels: {C}")
+        # every rand() of this Datum, in the fork's order: label, crop (TRAIN), per tile (jx, jy, then
+        # (x, y) per channel), colour (2); drawn at once from ``rng``, or one by one from ``rand``
+        n_colour = 2 if C == 3 and self.colour else 0
+        head = (self.table is not None) + 2 * self.train
+        n = head + self.tiles * (2 + 2 * C) + n_colour
         if rand is None:
-            rand = rand_from(rng if rng is not None else np.random.default_rng())
+            g = rng if rng is not None else np.random.default_rng()
+            draws = g.integers(0, RAND_MAX, size=n, dtype=np.int64)
+        else:
+            draws = np.array([rand() for _ in range(n)], dtype=np.int64)
         label = None
         order = np.arange(self.tiles)
+        k = 0
         if self.table is not None:
-            label = rand() % len(self.table)
+            label = int(draws[0] % len(self.table))
             order = self.table[label]
+            k = 1
         if self.train:   # Caffe's Rand() there; the same rand() stream here
-            h_off, w_off = rand() % (H - self.crop + 1), rand() % (W - self.crop + 1)
+            h_off, w_off = int(draws[k] % (H - self.crop + 1)), int(draws[k + 1] % (W - self.crop + 1))
+            k += 2
         else:
             h_off, w_off = (H - self.crop) // 2, (W - self.crop) // 2
-        # flat read positions, tile by tile, channel by channel, in the fork's rand() order
-        base = np.empty((self.tiles, C), dtype=np.int64)
+        per_tile = draws[k:k + self.tiles * (2 + 2 * C)].reshape(self.tiles, 2 + 2 * C)
         J = self.jitter + 1
-        for s in range(self.tiles):
-            x0, y0 = self.cells[order[s]]
-            jx, jy = rand() % J, rand() % J
-            for c in range(C):
-                x = jx + rand() % 3
-                y = jy + rand() % 3
-                base[s, c] = (c * H + h_off + y0 + y) * W + w_off + x0 + x
+        jx, jy = per_tile[:, 0:1] % J, per_tile[:, 1:2] % J                  # (S, 1)
+        x = jx + per_tile[:, 2::2] % 3                                        # (S, C)
+        y = jy + per_tile[:, 3::2] % 3
+        x0, y0 = self.cells[order, 0][:, None], self.cells[order, 1][:, None]
+        # flat read positions (data_transformer.cpp:224)
+        base = (np.arange(C)[None, :] * H + h_off + y0 + y) * W + w_off + x0 + x
         P = self.patch
         idx = base[:, :, None, None] + (np.arange(P) * W)[:, None] + np.arange(P)
         flat = chw.reshape(-1)
@@ -286,15 +295,15 @@ class JpsTransformer:
             out -= mv[None, :, None, None]
         if self.scale != F32(1):
             out *= self.scale
-        if C == 3 and self.colour:
-            _colour(out, rand)
+        if n_colour:
+            _colour(out, int(draws[-2]), int(draws[-1]))
         return np.ascontiguousarray(out.reshape(self.tiles * C, P, P)), label
 
 
-def _colour(tiles: np.ndarray, rand: Callable[[], int]) -> None:
+def _colour(tiles: np.ndarray, r1: int, r2: int) -> None:
     """data_transformer.cpp:262-301 in place on (S, 3, P, P): gray or colour projection, in double."""
-    make_gray = rand() % 10 >= 5
-    proj = rand() % 2 == 0
+    make_gray = r1 % 10 >= 5
+    proj = r2 % 2 == 0
     if not make_gray and not proj:
         return
     b, g, r = (tiles[:, i].astype(np.float64) for i in range(3))

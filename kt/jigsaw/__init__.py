@@ -27,9 +27,9 @@ Modules: ``merge`` (MergeData's plan), ``source`` (puzzles of stored images),
 """
 from .batches import PuzzleLoader, StreamSampler
 from .evaluate import evaluate, load_eval_net
-from .feed import (NetFeedSpec, PuzzleFeed, _authors_shapes, check_perms_fit, feed_spec, input_layers,
+from .feed import (NetFeedSpec, PuzzleFeed, check_perms_fit, feed_spec, input_layers,
                    make_feed, puzzle_feeders, resolve_hash_file)
-from .merge import NTILES, RAND_MAX, DrawStream, _Recorder, merge_plan
+from .merge import NTILES, RAND_MAX, DrawStream, merge_plan
 from .nets import AUTHORS_BATCH, VGG16_BLOCKS, cfn_net_param, write_cfn_prototxt
 from .source import (OCCLUDERS, PuzzleDataset, PuzzleParts, PuzzlePartsDataset, PuzzleSource, load_perms)
 from .train import AUTHORS_SCHEDULE, PREFIX, build_train_net, default_solver_param, train, write_solver

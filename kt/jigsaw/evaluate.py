@@ -1,6 +1,7 @@
 """Puzzle accuracy of a trained net on puzzles of held-out images."""
 from __future__ import annotations
 
+import os
 from typing import Dict, Optional
 
 import numpy as np

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from caffe_compat.data.jps import JpsTransformer, authors_param, rand_from
+from caffe_compat.data.jps import JpsTransformer, authors_param
 from caffe_compat.errors import CaffeFormatError, UnsupportedParameter
 
 from ..permutations import _check as _check_perms
@@ -89,12 +89,12 @@ class PuzzleSource:
         cfg, n = self.cfg, len(self.images)
         g_puzzle, g_occ, g_merge = self.streams(i, epoch)
         img = self.images[i]
-        tiles, label = self._cut_puzzle.transform_labelled(img, layout="HWC", rand=rand_from(g_puzzle))
+        tiles, label = self._cut_puzzle.transform_labelled(img, layout="HWC", rng=g_puzzle)
         j = i
         if cfg.occluder == "another":
             j = (i + 1 + int(g_occ.integers(n - 1))) % n
         other, _ = self._cut_plain.transform_labelled(self.images[j] if j != i else img, layout="HWC",
-                                                      rand=rand_from(g_occ))
+                                                      rng=g_occ)
         tiles, other = tiles.reshape(NTILES, 3, TILE, TILE), other.reshape(NTILES, 3, TILE, TILE)
         rec = _Recorder(None if cfg.occluder == "none" else g_merge)
         sources, k = merge_plan(rec, NTILES, cfg.min_substitute, cfg.max_substitute)

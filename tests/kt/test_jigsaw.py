@@ -10,6 +10,8 @@ from caffe_compat.layers.merge_data import MergeData
 from caffe_compat.net import load_net
 from caffe_compat.proto import caffe_pb2
 from caffekt.kt import jigsaw as J
+from caffekt.kt.jigsaw.feed import _authors_shapes
+from caffekt.kt.jigsaw.merge import _Recorder
 from caffekt.kt import puzzle as P
 from caffekt.kt.images import ArrayImages
 
@@ -62,7 +64,7 @@ def test_merge_plan_is_the_layer_loop_draw_for_draw(lo, hi):
 
 def test_merge_plan_statistics():
     rng = np.random.default_rng(3)
-    rec = J._Recorder(rng)
+    rec = _Recorder(rng)
     ks = np.array([J.merge_plan(rec, 9, 0, 3)[1] for _ in range(6000)])
     freq = np.bincount(ks, minlength=3) / len(ks)
     assert np.allclose(freq, 1 / 3, atol=0.025)
@@ -186,7 +188,7 @@ def test_authors_net_refuses_settings_the_source_does_not_implement(authors, tmp
     text = open(proto).read().replace("#gap_size: 16", "gap_size: 16", 1)
     bad = tmp_path / "gap.prototxt"
     bad.write_text(text)
-    net = load_net(str(bad), phase="TRAIN", input_shapes=J._authors_shapes(str(bad), 2, "TRAIN"))
+    net = load_net(str(bad), phase="TRAIN", input_shapes=_authors_shapes(str(bad), 2, "TRAIN"))
     with pytest.raises(UnsupportedParameter, match=r"'data_0': transform_param.gap_size is 16.*gap_size: 0"):
         J.feed_spec(net)
 

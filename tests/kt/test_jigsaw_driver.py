@@ -126,8 +126,7 @@ def test_lmdb_puzzles_equal_stored_image_puzzles_for_the_same_draws(tmp_path, fi
         for j in range(4):
             p = b * 4 + j
             e, i = divmod(p, len(imgs))
-            want, label = src._cut_puzzle.transform_labelled(imgs[i], layout="HWC",
-                                                             rand=jps.rand_from(sample_rng(seed, e, i)))
+            want, label = src._cut_puzzle.transform_labelled(imgs[i], layout="HWC", rng=sample_rng(seed, e, i))
             assert np.array_equal(batch["data_0"][j].numpy(), want)
             assert int(batch["label"][j]) == label   # the drawn permutation, not the Datum's 9
 
@@ -169,7 +168,6 @@ def test_labels_bin_trains_caffenet_on_pseudo_labels(tmp_path, monkeypatch, fixt
 
 
 def test_labels_bin_errors_name_the_file(tmp_path):
-    from caffe_compat.train import check_labels_fit, net_specs  # noqa: F401  (public API)
     jps.write_labels_bin(str(tmp_path / "ok.bin"), [1])
     with pytest.raises(CaffeFormatError, match="labels file not found"):
         from caffe_compat.train import train

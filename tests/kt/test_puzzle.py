@@ -1,6 +1,5 @@
 """Stored images and per-tile normalisation (the tile cutter is tested in tests/data/test_jps.py)."""
 import numpy as np
-import pytest
 
 from caffekt.kt import puzzle as P
 

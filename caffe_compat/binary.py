@@ -23,13 +23,13 @@ from __future__ import annotations
 import math
 import mmap
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
 from . import wire
+from .files import atomic_output
 from .errors import BadPayload, UnsupportedParameter, WireFormatError
 from .proto import PRIVATE_FIELD_NUMBERS, caffe_pb2
 from .wire import I32, I64, LEN, VARINT
@@ -530,36 +530,6 @@ def _write_blob_body(f, b: _BlobOut) -> None:
     else:
         f.write(b.payload)
     f.write(b.tail)
-
-
-@contextmanager
-def atomic_output(path: str) -> Iterator:
-    """A binary file object for a temp file beside ``path``, moved onto ``path`` on success.
-
-    On any error the temp file is removed and ``path`` is untouched.  Unlike
-    ``tempfile.mkstemp`` it keeps the usual umask-derived permissions.
-    """
-    d = os.path.dirname(os.path.abspath(path))
-    base = os.path.basename(path)
-    for k in range(100):
-        tmp = os.path.join(d, f".{base}.{os.getpid()}.{k}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            break
-        except FileExistsError:
-            continue
-    else:  # pragma: no cover - a hundred stale temp files
-        raise FileExistsError(f"{path}: could not create a temp file beside it")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _check_size(total: int, path: str, max_bytes: int) -> None:

@@ -29,7 +29,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .binary import atomic_output
+from .files import atomic_output
 from .errors import CaffeFormatError
 
 BASE_COLUMNS = ["iter", "loss", "smoothed_loss", "lr", "seconds"]

@@ -23,7 +23,7 @@ from typing import Dict, Iterator, Optional, Set, Tuple
 from google.protobuf import text_format
 from google.protobuf.message import Message
 
-from .binary import atomic_output  # the one atomic writer of the package
+from .files import atomic_output
 from .errors import TextFormatError
 from .proto import caffe_pb2
 

@@ -214,8 +214,8 @@ def _conv1_index(net) -> Optional[int]:
 
 def _bottom_shape_with_stride(net, ip_index: int, conv_index: int, stride: int):
     """Shape reaching layer ``ip_index`` when conv ``conv_index`` has ``stride`` (a trial build)."""
-    from .net import Net
     from .proto import caffe_pb2
+    Net = type(net)   # the net's own class: weights never imports net (net.load_net imports weights)
 
     trial = caffe_pb2.NetParameter()
     for lp in net.layer_params_proto[:ip_index]:

@@ -227,7 +227,7 @@ def write_weights(path: str, ws: Sequence[LayerWeights], prototxt: Optional[str]
 def _write_safetensors(path: str, ws: Sequence[LayerWeights]) -> int:
     from safetensors.numpy import save
 
-    from caffe_compat.binary import atomic_output
+    from caffe_compat.files import atomic_output
     tensors = tensor_dict(ws)
     meta = {METADATA_KEY: json.dumps([[lw.name, lw.type, len(lw.blobs)] for lw in ws])}
     data = save(dict(tensors), metadata=meta)
@@ -239,7 +239,7 @@ def _write_safetensors(path: str, ws: Sequence[LayerWeights]) -> int:
 def _write_pt(path: str, ws: Sequence[LayerWeights]) -> int:
     import torch
 
-    from caffe_compat.binary import atomic_output
+    from caffe_compat.files import atomic_output
     sd = OrderedDict((k, torch.from_numpy(a.copy())) for k, a in tensor_dict(ws).items())
     with atomic_output(path) as f:
         torch.save(sd, f)

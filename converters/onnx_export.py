@@ -245,7 +245,7 @@ def export_onnx_file(prototxt, weights, out: str, opset: int = DEFAULT_OPSET,
     ``weights`` may be None (filler values; useful only for testing the graph).
     The file is written only if the check passes (or ``write_on_mismatch``).
     """
-    from caffe_compat.binary import atomic_output
+    from caffe_compat.files import atomic_output
     from caffe_compat.net import load_net
 
     net = load_net(prototxt, weights=weights, phase="TEST", input_shapes=input_shapes,

@@ -115,7 +115,7 @@ def write_lmdb_and_labels(names: Sequence[str], labels, out: str, *, resize: int
 
     import numpy as np
 
-    from caffe_compat.binary import atomic_output
+    from caffe_compat.files import atomic_output
     from caffe_compat.data.jps import write_labels_bin
     from caffe_compat.data.sources import write_lmdb
     order = np.random.default_rng([0x4343, int(seed)]).permutation(len(names))

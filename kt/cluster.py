@@ -152,7 +152,7 @@ def cluster_file(features: str, k: int, out: str, *, seed: int = 0, max_train: O
     import json
     import os
 
-    from caffe_compat.binary import atomic_output
+    from caffe_compat.files import atomic_output
 
     from .features import load_features
     from .labels import write_labels_bin, write_list

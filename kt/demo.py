@@ -31,7 +31,7 @@ from typing import Callable, Dict, Optional
 
 import numpy as np
 
-from caffe_compat.binary import atomic_output
+from caffe_compat.files import atomic_output
 from caffe_compat.errors import CaffeCompatError
 
 STAMP = "caffekt-demo.json"       # marks a folder as ours, so a rerun may empty it

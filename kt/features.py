@@ -30,7 +30,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from caffe_compat.binary import atomic_output
+from caffe_compat.files import atomic_output, read_json, write_json
 from caffe_compat.errors import BadPayload, CaffeCompatError, CaffeFormatError
 
 FORMAT, VERSION = "caffekt-features", 1
@@ -45,17 +45,12 @@ def manifest_path(out: str) -> str:
     return out + ".json"
 
 
-def _write_json(path: str, doc: dict) -> None:
-    with atomic_output(path) as f:
-        f.write(json.dumps(doc, indent=1, sort_keys=True).encode())
+def _write_manifest(path: str, doc: dict) -> None:
+    write_json(path, doc, sort_keys=True)
 
 
-def _read_json(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CaffeFormatError(f"feature manifest is not JSON ({e})", path) from None
+def _read_manifest(path: str) -> dict:
+    doc = read_json(path, "feature manifest")
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise CaffeFormatError(f"not a {FORMAT} manifest", path)
     return doc
@@ -92,7 +87,7 @@ def load_features(path: str, mmap: bool = True) -> Tuple[np.ndarray, dict]:
     """(rows, manifest) of a finished feature file; an unfinished one is refused."""
     man_path = manifest_path(path)
     if os.path.isfile(man_path):
-        man = _read_json(man_path)
+        man = _read_manifest(man_path)
         if not man.get("complete"):
             raise CaffeFormatError(f"feature extraction unfinished ({man.get('rows_done')} of "
                                    f"{len(man.get('images', []))} rows): rerun it to resume", path)
@@ -157,7 +152,7 @@ def write_rows(out: str, req: Request, rows: Callable[[np.ndarray], np.ndarray],
     man_p = manifest_path(out)
     arr, done, dim = None, 0, None
     if os.path.isfile(man_p):
-        man = _read_json(man_p)
+        man = _read_manifest(man_p)
         _mismatch(man, req, man_p)
         done, dim = int(man.get("rows_done", 0)), man.get("dim")
         if dim is not None:
@@ -192,7 +187,7 @@ def write_rows(out: str, req: Request, rows: Callable[[np.ndarray], np.ndarray],
             arr[idx[0]:idx[-1] + 1] = block
             arr.flush()
             doc["rows_done"] = int(idx[-1] + 1)
-            _write_json(man_p, doc)
+            _write_manifest(man_p, doc)
             if bar is not None:
                 bar.update(len(idx))
             if on_batch is not None:
@@ -201,7 +196,7 @@ def write_rows(out: str, req: Request, rows: Callable[[np.ndarray], np.ndarray],
         if bar is not None:
             bar.close()
     doc["complete"] = True
-    _write_json(man_p, doc)
+    _write_manifest(man_p, doc)
     return arr
 
 
@@ -235,7 +230,7 @@ def write_sharded(out: str, req: Request, rows: Callable[[np.ndarray], np.ndarra
         return None
     man_p = manifest_path(out)
     if os.path.isfile(man_p):
-        man = _read_json(man_p)
+        man = _read_manifest(man_p)
         _mismatch(man, req, man_p)
         if man.get("complete"):
             return _open_rows(out, n, int(man["dim"]), create=False)
@@ -243,7 +238,7 @@ def write_sharded(out: str, req: Request, rows: Callable[[np.ndarray], np.ndarra
     todo = [r for r in range(world) if cuts[r + 1] > cuts[r]]
     while True:
         waiting = [r for r in todo if not (os.path.isfile(manifest_path(shard_path(out, r, world)))
-                                           and _read_json(manifest_path(shard_path(out, r, world))).get("complete"))]
+                                           and _read_manifest(manifest_path(shard_path(out, r, world))).get("complete"))]
         if not waiting:
             break
         if time.monotonic() > deadline:
@@ -255,7 +250,7 @@ def write_sharded(out: str, req: Request, rows: Callable[[np.ndarray], np.ndarra
     for r, x in shards:
         arr[cuts[r]:cuts[r + 1]] = x
     arr.flush()
-    _write_json(man_p, {"format": FORMAT, "version": VERSION, "data": os.path.basename(out),
+    _write_manifest(man_p, {"format": FORMAT, "version": VERSION, "data": os.path.basename(out),
                         "layout": _layout(out), "images": list(req.images), "source": req.source,
                         "options": req.options, "dtype": "float32", "dim": dim, "rows_done": n,
                         "complete": True, "shards": world})
@@ -516,7 +511,7 @@ def _with_pca(images, out, source, opts, rows, pca, whiten, pca_sample, seed, l2
     man_p = manifest_path(out)
     req = Request(images, source, opts)
     if os.path.isfile(man_p):
-        man = _read_json(man_p)
+        man = _read_manifest(man_p)
         _mismatch(man, req, man_p)
         if man.get("complete"):
             return load_features(out)[0]
@@ -524,7 +519,7 @@ def _with_pca(images, out, source, opts, rows, pca, whiten, pca_sample, seed, l2
     p = fit_pca(x, int(pca), whiten, pca_sample, seed)
     p.save(out + ".pca.npz")
     arr = apply_pca(raw, out, p, l2)
-    _write_json(man_p, {"format": FORMAT, "version": VERSION, "data": os.path.basename(out),
+    _write_manifest(man_p, {"format": FORMAT, "version": VERSION, "data": os.path.basename(out),
                         "layout": _layout(out), "images": list(images), "source": source, "options": opts,
                         "dtype": "float32", "dim": int(arr.shape[1]), "rows_done": len(images),
                         "complete": True, "pca_file": os.path.basename(out) + ".pca.npz",

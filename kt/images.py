@@ -20,13 +20,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from caffe_compat.binary import atomic_output
+from caffe_compat.files import read_json, write_json
 from caffe_compat.data.sources import list_image_paths
 from caffe_compat.errors import CaffeFormatError
 
@@ -58,19 +57,6 @@ def _inputs_digest(paths: Sequence[str]) -> str:
     return h.hexdigest()
 
 
-def _write_json(path: str, doc: dict) -> None:
-    with atomic_output(path) as f:
-        f.write(json.dumps(doc, indent=1).encode("utf-8"))
-
-
-def _read_json(path: str) -> dict:
-    try:
-        with open(path, "rb") as f:
-            return json.loads(f.read().decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CaffeFormatError(f"not a readable JSON document ({e})", path) from None
-
-
 def _decode_one(path: str) -> Tuple[Optional[bytes], Optional[str]]:
     try:
         return load_stored(path).tobytes(), None
@@ -93,14 +79,14 @@ def prep_stored(images, out: str, *, skip_bad: bool = False, workers: int = 0,
     os.makedirs(out, exist_ok=True)
     data_path, prog_path, man_path = (os.path.join(out, n) for n in (DATA_FILE, PROGRESS, MANIFEST))
     if os.path.exists(man_path):
-        man = _read_json(man_path)
+        man = read_json(man_path)
         if man.get("inputs_sha256") != digest:
             raise CaffeFormatError("the folder holds stored images of a different image set; "
                                    "use a new output folder", out)
         return man
     state = {"inputs_sha256": digest, "next": 0, "count": 0, "skipped": [], "stored_index": []}
     if os.path.exists(prog_path):
-        old = _read_json(prog_path)
+        old = read_json(prog_path)
         if old.get("inputs_sha256") != digest:
             raise CaffeFormatError("an unfinished preparation of a different image set is here; "
                                    "use a new output folder", out)
@@ -138,7 +124,7 @@ def prep_stored(images, out: str, *, skip_bad: bool = False, workers: int = 0,
                 os.fsync(f.fileno())
                 start += len(names)
                 state["next"] = start
-                _write_json(prog_path, state)
+                write_json(prog_path, state)
                 if bar is not None:
                     bar.update(len(names))
     finally:
@@ -151,7 +137,7 @@ def prep_stored(images, out: str, *, skip_bad: bool = False, workers: int = 0,
            "shape": [STORED, STORED, 3], "dtype": "uint8", "layout": "HWC BGR",
            "inputs_sha256": digest,
            "sources": [paths[i] for i in state["stored_index"]], "skipped": state["skipped"]}
-    _write_json(man_path, man)
+    write_json(man_path, man)
     os.remove(prog_path)
     return man
 
@@ -164,7 +150,7 @@ class StoredImages:
         if not os.path.isfile(man_path):
             hint = " (preparation unfinished: rerun prep)" if os.path.exists(os.path.join(folder, PROGRESS)) else ""
             raise CaffeFormatError(f"no {MANIFEST}: not a stored-image folder{hint}", folder)
-        man = _read_json(man_path)
+        man = read_json(man_path)
         if man.get("format") != FORMAT or man.get("version") != VERSION:
             raise CaffeFormatError(f"not a {FORMAT} version {VERSION} manifest", man_path)
         if man.get("shape") != [STORED, STORED, 3] or man.get("dtype") != "uint8":

@@ -9,7 +9,7 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from caffe_compat.binary import atomic_output
+from caffe_compat.files import atomic_output
 
 
 def _write_png_bytes(path: str, data: bytes) -> None:

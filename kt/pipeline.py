@@ -32,7 +32,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from caffe_compat.binary import atomic_output
+from caffe_compat.files import atomic_output
 from caffe_compat.errors import CaffeCompatError, CaffeFormatError
 
 

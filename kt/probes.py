@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from caffe_compat.binary import atomic_output
+from caffe_compat.files import atomic_output
 from caffe_compat.errors import CaffeCompatError
 
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")

@@ -88,7 +88,7 @@ def run(args) -> int:
 def _write_state_dict(path, sd) -> None:
     import torch
 
-    from ..binary import atomic_output
+    from ..files import atomic_output
     if path.lower().endswith(".safetensors"):
         from safetensors.numpy import save
         data = save(dict(sd))

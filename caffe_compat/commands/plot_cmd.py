@@ -23,7 +23,7 @@ def plot_log(log: str, output: str, dpi: int = 100) -> int:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from ..binary import atomic_output
+    from ..files import atomic_output
     from ..errors import CaffeFormatError
     from ..logs import read_log
 

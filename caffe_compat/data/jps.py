@@ -61,12 +61,12 @@ from typing import Callable, Optional, Tuple
 import numpy as np
 
 from ..errors import CaffeFormatError, ShapeError, UnsupportedParameter
+from .transformer import FORK_FIELDS, as_chw
 
 log = logging.getLogger("caffe_compat.jps")
 
 F32 = np.float32
 RAND_MAX = 2 ** 31                 # rand() returns 0 .. RAND_MAX - 1 (glibc)
-FORK_FIELDS = ("hash_file", "siamese_size", "patch_size", "gap_size", "jitter_size")
 _MAX_TABLE = 1 << 20               # permutation rows a hash file may claim
 GRAY_W = 0.3333                    # the fork's literal constants (data_transformer.cpp:283-297)
 PROJ = ((0.8333, 0.3333, -0.1667),   # r' from (r, g, b)
@@ -145,7 +145,7 @@ def read_labels_bin(path: str) -> np.ndarray:
 
 def write_labels_bin(path: str, labels) -> str:
     """Write ``labels`` in the fork's layout, atomically."""
-    from ..binary import atomic_output
+    from ..files import atomic_output
     lab = np.asarray(labels, dtype=np.int64).ravel()
     if lab.size == 0 or lab.min() < 0 or lab.max() >= 2 ** 31:
         raise CaffeFormatError("labels.bin needs at least one label, each in 0 .. 2^31-1", path)
@@ -242,8 +242,7 @@ class JpsTransformer:
     def transform_labelled(self, image, *, layout: str = "CHW", rng: Optional[np.random.Generator] = None,
                            rand: Optional[Callable[[], int]] = None) -> Tuple[np.ndarray, Optional[int]]:
         """(tiles, label or None) of one image; ``rand`` overrides the draws from ``rng``."""
-        from .transformer import _as_chw
-        chw = _as_chw(image, layout)
+        chw = as_chw(image, layout)
         C, H, W = chw.shape
         if H < self.crop or W < self.crop:
             raise ShapeError(f"{self.where}: a {H}x{W} record is smaller than crop_size {self.crop}")

@@ -35,7 +35,8 @@ from ..proto import caffe_pb2
 F32 = np.float32
 
 # Jigsaw++ fork fields: puzzle tiling, done by caffekt.kt.puzzle, not here.
-from .jps import FORK_FIELDS as _PUZZLE_FIELDS
+# the Jigsaw fork's transform fields: its puzzle Data layers go to data.jps.JpsTransformer instead
+FORK_FIELDS = ("hash_file", "siamese_size", "patch_size", "gap_size", "jitter_size")
 
 
 class Draw(NamedTuple):
@@ -103,7 +104,7 @@ class DataTransformer:
         p = _as_param(transform_param)
         self.param = p
         self.phase = _phase(phase)
-        bad = [f for f in _PUZZLE_FIELDS if p.HasField(f)]
+        bad = [f for f in FORK_FIELDS if p.HasField(f)]
         if bad:
             raise UnsupportedParameter(
                 f"transform_param sets the Jigsaw++ fork field(s) {', '.join(bad)}: puzzle tiling is "
@@ -219,7 +220,7 @@ class DataTransformer:
         ``draw`` fixes the random choices; otherwise they come from ``rng``
         or the transformer's generator.
         """
-        chw = _as_chw(image, layout)
+        chw = as_chw(image, layout)
         c, h, w = chw.shape
         if layout.upper() == "HWC" and chw.dtype != np.uint8:
             raise UnsupportedParameter(f"Image data type must be unsigned byte, got {chw.dtype}")
@@ -286,7 +287,8 @@ class DataTransformer:
         return out
 
 
-def _as_chw(image: np.ndarray, layout: str) -> np.ndarray:
+def as_chw(image: np.ndarray, layout: str) -> np.ndarray:
+    """An HWC (cv2) or CHW (Datum) image as a C x H x W view."""
     arr = np.asarray(image)
     lay = layout.upper()
     if lay == "HWC":

@@ -25,7 +25,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from ..binary import SolverState, atomic_output, read_solverstate, write_solverstate
+from ..binary import SolverState, read_solverstate, write_solverstate
+from ..files import atomic_output
 from ..errors import CaffeFormatError, ShapeError
 
 SIDE_JSON = ".caffekt.json"

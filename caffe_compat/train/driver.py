@@ -67,6 +67,62 @@ class TrainResult:
     seconds: float = 0.0                      # wall time of the solve
 
 
+def read_checked_solver(solver_path: str, *, max_iter=None, seed=None, out=None, resume=None, weights=()):
+    """The solver file read, overridden, checked and its paths resolved (all before any net is built)."""
+    from ..io import read_solver
+    from ..solver.lr_policy import check_lr_policy
+    from ..solver.settings import from_proto
+    from ..solver.updates import check_settings
+
+    if not os.path.isfile(solver_path):
+        raise CaffeFormatError("solver file not found", solver_path)
+    param = read_solver(solver_path)
+    if max_iter is not None:
+        param.max_iter = int(max_iter)
+    if seed is not None:
+        param.random_seed = int(seed)
+    if resume and (weights or len(param.weights)) and resume != "auto":
+        raise UnsupportedParameter("give a solverstate to resume training or weights to fine-tune, not both")
+    settings = from_proto(param, solver_path)
+    check_settings(settings, solver_path)
+    check_lr_policy(settings, solver_path)
+    resolve_solver_paths(param, solver_path, out)
+    snap_dir = os.path.dirname(param.snapshot_prefix) or "."
+    if (param.snapshot or param.snapshot_after_train) and not os.path.isdir(snap_dir):
+        # Caffe would only fail when writing the first snapshot, after training
+        raise CaffeFormatError(f"the folder of snapshot_prefix does not exist ({snap_dir})", solver_path)
+    return param
+
+
+def _nets(param, where: str, ctx: FeedContext, dev, feeds, feeders):
+    """(train net, its TrainFeed, [(test net, feed)]) as Solver::InitTrainNet / InitTestNets, on ``dev``."""
+    train_spec, test_specs = net_specs(param, where)
+    if ctx.rank != 0:
+        test_specs = []   # Caffe tests on the root solver only
+    net, train_feed = build_net(train_spec, ctx, feeds, feeders)
+    if ctx.labels_bin:
+        check_labels_fit(net, train_spec, ctx.labels_bin)
+    _reseed_layers(net, param.random_seed, ctx.rank)
+    test_nets = []
+    for spec in test_specs:
+        tctx = copy.copy(ctx)
+        tctx.rank, tctx.world_size = 0, 1   # the root solver's test net reads everything
+        tnet, tfeed = build_net(spec, tctx, feeds)
+        tfeed.device = dev
+        test_nets.append((tnet.to(dev), tfeed))
+    net.to(dev)
+    return net, TrainFeed(train_feed.feeders, [f for _, f in test_nets], device=dev), test_nets
+
+
+def _load_weights(net, param, weights: Sequence[str], base_dir: str) -> None:
+    """The solver's ``weights`` then ``--weights a,b``, in order (LoadNetWeights)."""
+    from ..weights import copy_trained_layers
+    for group in list(param.weights) + list(weights):
+        for w in (s.strip() for s in group.split(",")):
+            if w:
+                copy_trained_layers(net, _beside(w, base_dir))
+
+
 def train(solver_path: str, *, weights: Sequence[str] = (), resume: Optional[str] = None,
           max_iter: Optional[int] = None, out: Optional[str] = None, seed: Optional[int] = None,
           workers: int = 0, progress: bool = True, feeds: Optional[Mapping[str, Any]] = None,
@@ -85,72 +141,23 @@ def train(solver_path: str, *, weights: Sequence[str] = (), resume: Optional[str
     before the first iteration; failures are ``CaffeCompatError``s.
     """
     import time
-    from ..io import read_solver
     from ..logs import TrainLogger
-    from ..solver.lr_policy import check_lr_policy
-    from ..solver.settings import from_proto
-    from ..solver.updates import check_settings
 
-    if not os.path.isfile(solver_path):
-        raise CaffeFormatError("solver file not found", solver_path)
-    param = read_solver(solver_path)
-    where = solver_path
-    if max_iter is not None:
-        param.max_iter = int(max_iter)
-    if seed is not None:
-        param.random_seed = int(seed)
-    if resume and (weights or len(param.weights)) and resume != "auto":
-        raise UnsupportedParameter("give a solverstate to resume training or weights to fine-tune, not both")
-    settings = from_proto(param, where)
-    check_settings(settings, where)
-    check_lr_policy(settings, where)
-    resolve_solver_paths(param, solver_path, out)
-    snap_dir = os.path.dirname(param.snapshot_prefix) or "."
-    if (param.snapshot or param.snapshot_after_train) and not os.path.isdir(snap_dir):
-        # Caffe would only fail when writing the first snapshot, after training
-        raise CaffeFormatError(f"the folder of snapshot_prefix does not exist ({snap_dir})", solver_path)
-
+    param = read_checked_solver(solver_path, max_iter=max_iter, seed=seed, out=out, resume=resume,
+                                weights=weights)
     if labels_bin is not None and not os.path.isfile(labels_bin):
         raise CaffeFormatError("labels file not found (--labels-bin)", labels_bin)
     rank, world, dev = _init_distributed(device)
-    data_seed = int(param.random_seed) if param.random_seed >= 0 else 0
     _seed_globals(param.random_seed, rank)   # Caffe seeds before InitTrainNet: fillers are seeded too
-    ctx = FeedContext("TRAIN", data_seed, rank, world, int(workers),
+    ctx = FeedContext("TRAIN", max(int(param.random_seed), 0), rank, world, int(workers),
                       os.path.dirname(os.path.abspath(solver_path)), labels_bin=labels_bin)
-    train_spec, test_specs = net_specs(param, where)
-    if rank != 0:
-        test_specs = []   # Caffe tests on the root solver only
-    net, train_feed = build_net(train_spec, ctx, feeds, feeders)
-    if labels_bin:
-        check_labels_fit(net, train_spec, labels_bin)
-    _reseed_layers(net, param.random_seed, rank)
-    test_nets, test_feeds = [], []
-    for spec in test_specs:
-        tctx = copy.copy(ctx)
-        tctx.rank, tctx.world_size = 0, 1   # the root solver's test net reads everything
-        tnet, tfeed = build_net(spec, tctx, feeds)
-        tfeed.device = dev
-        tnet.to(dev)
-        test_nets.append((tnet, tfeed))
-        test_feeds.append(tfeed)
-    net.to(dev)
-    feed = TrainFeed(train_feed.feeders, test_feeds, device=dev)
+    net, feed, test_nets = _nets(param, solver_path, ctx, dev, feeds, feeders)
+    _load_weights(net, param, weights, ctx.base_dir)
 
-    from ..weights import copy_trained_layers
-    for group in list(param.weights) + list(weights):
-        for w in (s.strip() for s in group.split(",")):
-            if w:
-                copy_trained_layers(net, _beside(w, ctx.base_dir))
-
-    if world > 1:
-        p2 = copy.deepcopy(param)
-        if p2.random_seed >= 0:
-            p2.random_seed = p2.random_seed + rank   # Solver::Init: random_seed + solver_rank
-        param_for_solver = p2
-    else:
-        param_for_solver = param
-    cls = _make_solver_class()
-    solver = cls(param_for_solver, net, feed, test_nets=test_nets, where=where)
+    solver_param = copy.deepcopy(param)
+    if world > 1 and solver_param.random_seed >= 0:
+        solver_param.random_seed += rank   # Solver::Init: random_seed + solver_rank
+    solver = _make_solver_class()(solver_param, net, feed, test_nets=test_nets, where=solver_path)
     solver.rank, solver.world_size = rank, world
     if resume == "auto":
         resume = latest_snapshot(param.snapshot_prefix)

@@ -39,6 +39,19 @@ def snapshot_filename(prefix: str, it: int, extension: str) -> str:
     return f"{prefix}_iter_{int(it)}{extension}"
 
 
+def snapshot_iters(prefix: str, extension: str) -> List[Tuple[int, str]]:
+    """``(N, path)`` of every ``snapshot_filename(prefix, N, extension)`` on disk, N ascending."""
+    import glob
+    import re
+    pat = re.compile(re.escape(os.path.basename(prefix)) + r"_iter_(\d+)" + re.escape(extension) + r"\Z")
+    found = []
+    for p in glob.glob(glob.escape(prefix) + "_iter_*" + glob.escape(extension)):
+        m = pat.match(os.path.basename(p))
+        if m:
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
 def write_state(path: str, it: int, learned_net: str, history: List[torch.Tensor], current_step: int) -> int:
     st = SolverState(iter=int(it), learned_net=learned_net,
                      history=[h.detach().cpu().numpy() for h in history], current_step=int(current_step))

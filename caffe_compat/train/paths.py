@@ -1,10 +1,8 @@
 """Paths of a solver as Caffe opens them, and the latest complete snapshot under a prefix."""
 from __future__ import annotations
 
-import glob
 import os
-import re
-from typing import Optional, Tuple
+from typing import Optional
 
 
 def _beside(path: str, base_dir: str) -> str:
@@ -53,10 +51,6 @@ def snapshot_complete(state_path: str) -> bool:
 
 def latest_snapshot(prefix: str) -> Optional[str]:
     """The ``<prefix>_iter_<N>.solverstate`` with the largest N whose snapshot is complete, or None."""
-    pat = re.compile(re.escape(os.path.basename(prefix)) + r"_iter_(\d+)\.solverstate\Z")
-    best: Tuple[int, Optional[str]] = (-1, None)
-    for p in glob.glob(glob.escape(prefix) + "_iter_*.solverstate"):
-        m = pat.match(os.path.basename(p))
-        if m and int(m.group(1)) > best[0] and snapshot_complete(p):
-            best = (int(m.group(1)), p)
-    return best[1]
+    from ..solver.snapshot import snapshot_iters
+    done = [p for _, p in snapshot_iters(prefix, ".solverstate") if snapshot_complete(p)]
+    return done[-1] if done else None

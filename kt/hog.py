@@ -30,7 +30,12 @@ def _gray(path: str, size: int) -> np.ndarray:
     return cv2.resize(g, (size, size), interpolation=cv2.INTER_AREA)
 
 
-def descriptor(size: int = 64, cell: int = 8, bins: int = 9):
+# the one place of the HOG settings' defaults (the CLI and the pipeline stage take them from here)
+HOG_DEFAULTS = {"size": 64, "cell": 8, "bins": 9, "backend": "opencv", "l2": False}
+
+
+def descriptor(size: int = HOG_DEFAULTS["size"], cell: int = HOG_DEFAULTS["cell"],
+               bins: int = HOG_DEFAULTS["bins"]):
     """The ``cv2.HOGDescriptor`` used: window = the image, 2x2-cell blocks, stride one cell."""
     import cv2
     if size % cell or size < 2 * cell:
@@ -38,7 +43,8 @@ def descriptor(size: int = 64, cell: int = 8, bins: int = 9):
     return cv2.HOGDescriptor((size, size), (2 * cell, 2 * cell), (cell, cell), (cell, cell), bins)
 
 
-def hog_one(gray: np.ndarray, backend: str = "opencv", cell: int = 8, bins: int = 9) -> np.ndarray:
+def hog_one(gray: np.ndarray, backend: str = HOG_DEFAULTS["backend"], cell: int = HOG_DEFAULTS["cell"],
+            bins: int = HOG_DEFAULTS["bins"]) -> np.ndarray:
     """The HOG vector of one square uint8 gray image."""
     if backend == "opencv":
         return descriptor(gray.shape[0], cell, bins).compute(gray).reshape(-1)
@@ -49,9 +55,10 @@ def hog_one(gray: np.ndarray, backend: str = "opencv", cell: int = 8, bins: int 
     raise CaffeCompatError(f"HOG backend must be one of {BACKENDS}, got {backend!r}")
 
 
-def extract_hog(images: Sequence[str], out: str, *, size: int = 64, cell: int = 8, bins: int = 9,
-                backend: str = "opencv", l2: bool = False, batch_size: int = 256, progress: bool = True,
-                on_batch=None, shard=None):
+def extract_hog(images: Sequence[str], out: str, *, size: int = HOG_DEFAULTS["size"],
+                cell: int = HOG_DEFAULTS["cell"], bins: int = HOG_DEFAULTS["bins"],
+                backend: str = HOG_DEFAULTS["backend"], l2: bool = HOG_DEFAULTS["l2"], batch_size: int = 256,
+                progress: bool = True, on_batch=None, shard=None):
     """HOG rows of every image into the feature file ``out`` (resumable, shardable; see ``kt.features``)."""
     images = [str(p) for p in images]
     if backend not in BACKENDS:

@@ -256,11 +256,10 @@ def _features(st):
 
 
 def _hog(st):
-    from .hog import extract_hog
+    from .hog import HOG_DEFAULTS, extract_hog
     images, out = _need(st, "images", "out")
-    extract_hog(_image_paths(images), out, size=st.get("size", 64), cell=st.get("cell", 8),
-                bins=st.get("bins", 9), backend=st.get("backend", "opencv"), l2=st.get("l2", False),
-                progress=st.get("progress", True))
+    extract_hog(_image_paths(images), out, progress=st.get("progress", True),
+                **{k: st.get(k, v) for k, v in HOG_DEFAULTS.items()})
 
 
 def _cluster_outputs(st):

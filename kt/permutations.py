@@ -24,10 +24,6 @@ from caffe_compat.errors import CaffeFormatError
 
 
 
-def _check(perms: np.ndarray, path: str | None) -> np.ndarray:
-    return check_table(perms, path)
-
-
 def read_permutations(path: str) -> np.ndarray:
     """Read a ``.bin`` (authors' layout, 1-based) or ``.npy`` (0- or 1-based) set as 0-based ``(n, k)``."""
     if path.endswith(".npy"):
@@ -37,13 +33,13 @@ def read_permutations(path: str) -> np.ndarray:
             raise CaffeFormatError(f"not a plain numeric .npy array ({e})", path) from None
         if arr.ndim == 2 and arr.size and arr.min() == 1 and arr.max() == arr.shape[1]:
             arr = arr - 1
-        return _check(arr, path)
+        return check_table(arr, path)
     return read_hash_file(path)   # the fork's hash_file reader: one place knows the layout
 
 
 def write_permutations(path: str, perms: np.ndarray) -> None:
     """Write a set as ``.bin`` (authors' layout) or ``.npy`` (0-based), atomically."""
-    perms = _check(perms, path)
+    perms = check_table(perms, path)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         if path.endswith(".npy"):

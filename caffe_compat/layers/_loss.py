@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..proto import caffe_pb2
 from ._params import fail, shape_fail
 from .base import CaffeLayer
 
@@ -62,7 +61,3 @@ def normalizer(mode: int, outer: int, inner: int, valid_count):
     if valid_count is None:
         return float(max(1, outer * inner))
     return torch.clamp(valid_count.to(torch.float32), min=1.0)
-
-
-def mode_name(mode: int) -> str:
-    return caffe_pb2.LossParameter.NormalizationMode.Name(mode)

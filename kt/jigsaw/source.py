@@ -9,10 +9,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from caffe_compat.data.jps import JpsTransformer, authors_param
+from caffe_compat.data.jps import JpsTransformer, authors_param, check_table
 from caffe_compat.errors import CaffeFormatError, UnsupportedParameter
 
-from ..permutations import _check as _check_perms
 from ..permutations import read_permutations
 from ..puzzle import TILE, PuzzleConfig, mvn_tiles
 from .merge import NTILES, _Recorder, merge_plan
@@ -39,7 +38,7 @@ def load_perms(perms) -> np.ndarray:
     if isinstance(perms, (str, os.PathLike)):
         p = read_permutations(os.fspath(perms))
     else:
-        p = _check_perms(np.asarray(perms), None)
+        p = check_table(np.asarray(perms), None)
     if p.shape[1] != NTILES:
         raise CaffeFormatError(f"puzzles have {NTILES} tiles; the permutation set has {p.shape[1]}",
                                perms if isinstance(perms, str) else None)

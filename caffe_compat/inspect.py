@@ -1,4 +1,4 @@
-"""``caffekt inspect FILE [--json]``: what a Caffe file holds.
+"""What a Caffe file holds: the library behind ``caffekt inspect`` (``describe``, ``format_table``).
 
 Nets (prototxt or caffemodel): format version as found (V0/V1/V2) and the
 upgrade steps Caffe would apply, the pooling dialect (BVLC ``round_mode`` vs
@@ -12,13 +12,12 @@ Solvers, solverstates, mean files (binaryproto) and Datums get a summary.
 """
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from typing import Dict, List, Optional
 
-from ..errors import WrongFileKind
-from ..proto import caffe_pb2
+from .errors import WrongFileKind
+from .proto import caffe_pb2
 
 # Fields only forks define (see caffe.proto's "fork" comments): Message.field
 FORK_FIELDS = frozenset({
@@ -29,13 +28,6 @@ FORK_FIELDS = frozenset({
     "LayerParameter.roi_pooling_param", "LayerParameter.smooth_l1_loss_param",
     "BlobProto.raw_data", "BlobProto.raw_data_type",
 })
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("file", help="prototxt net or solver, caffemodel, solverstate, binaryproto or Datum")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    parser.add_argument("--no-shapes", action="store_true",
-                        help="do not build a prototxt net to infer its blob shapes")
 
 
 # ----------------------------------------------------------------- helpers
@@ -72,7 +64,7 @@ def _infer_shapes(net) -> "tuple[Optional[Dict[str, List[List[int]]]], Optional[
     """Blob shapes per layer by building the net on the meta device, or (None, why not)."""
     try:
         import torch
-        from ..net import Net
+        from .net import Net
     except ImportError as e:
         return None, f"net builder unavailable ({e})"
     last = None
@@ -99,8 +91,8 @@ def _count(shapes: List[List[int]]) -> int:
 # ----------------------------------------------------------------- per kind
 
 def _describe_net_text(path: str, infer: bool) -> dict:
-    from ..prototxt import parse_net_text, read_text_file
-    from ..upgrade import upgrade_net
+    from .prototxt import parse_net_text, read_text_file
+    from .upgrade import upgrade_net
     raw, info = parse_net_text(read_text_file(path), path)
     version, forks = net_version(raw), fork_fields(raw)
     net = caffe_pb2.NetParameter()
@@ -123,7 +115,7 @@ def _describe_net_text(path: str, infer: bool) -> dict:
 
 
 def _describe_caffemodel(path: str) -> dict:
-    from ..io import read_caffemodel
+    from .io import read_caffemodel
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = read_caffemodel(path, check_finite=None)
@@ -148,14 +140,14 @@ def _describe_caffemodel(path: str) -> dict:
 
 def _towers(names) -> int:
     """How many towers a snapshot's weighted layers form (``conv1_s1`` ... ``conv1_s9``: 9), else 0."""
-    from ..weights import tower_of
+    from .weights import tower_of
     ids = {t[1] for t in (tower_of(n) for n in names) if t}
     return len(ids) if len(ids) > 1 else 0
 
 
 def _describe_solver(path: str) -> dict:
     from google.protobuf import text_format
-    from ..prototxt import parse_solver_text, read_text_file
+    from .prototxt import parse_solver_text, read_text_file
     raw = parse_solver_text(read_text_file(path), path)
     fields = {fd.name: (text_format.MessageToString(v, as_one_line=True) if fd.message_type else
                         (list(v) if fd.is_repeated else v))
@@ -173,7 +165,7 @@ def _describe_solver(path: str) -> dict:
 
 
 def _describe_solverstate(path: str) -> dict:
-    from ..io import read_solverstate
+    from .io import read_solverstate
     st = read_solverstate(path)
     shapes = [list(h.shape) for h in st.history]
     return {"kind": "solverstate", "version": "binary", "iter": st.iter, "learned_net": st.learned_net,
@@ -181,7 +173,7 @@ def _describe_solverstate(path: str) -> dict:
 
 
 def _describe_binaryproto(path: str) -> dict:
-    from ..io import read_blobproto
+    from .io import read_blobproto
     a = read_blobproto(path)
     out = {"kind": "binaryproto", "version": "binary", "shape": list(a.shape), "layers": [],
            "num_params": int(a.size)}
@@ -194,7 +186,7 @@ def _describe_binaryproto(path: str) -> dict:
 
 
 def _describe_datum(path: str) -> dict:
-    from .. import binary
+    from . import binary
     with open(path, "rb") as f:
         d = binary.decode_datum(f.read(), path)
     out = {"kind": "datum", "version": "binary", "layers": [], "num_params": 0}
@@ -212,7 +204,7 @@ _DESCRIBE = {"caffemodel": _describe_caffemodel, "solver": _describe_solver,
 
 def describe(path: str, infer_shapes: bool = True) -> dict:
     """The report of ``caffekt inspect`` as a dict (keys: kind, version, layers, num_params, ...)."""
-    from ..io import detect_kind
+    from .io import detect_kind
     kind = detect_kind(path)
     if kind == "net":
         out = _describe_net_text(path, infer_shapes)
@@ -234,6 +226,7 @@ def _fmt_shapes(shapes: List[List[int]]) -> str:
 
 
 def format_table(r: dict) -> str:
+    """The human-readable form of a ``describe`` report."""
     kind = r["kind"]
     if r.get("towers"):
         kind += (f" ({r['towers']}-tower pretext snapshot: load one tower into a deploy with "
@@ -274,11 +267,3 @@ def format_table(r: dict) -> str:
     lines.append(f"parameters: {r['num_params']:,}")
     return "\n".join(lines)
 
-
-def run(args) -> int:
-    report = describe(args.file, infer_shapes=not args.no_shapes)
-    if args.json:
-        print(json.dumps(report, sort_keys=False))
-    else:
-        print(format_table(report))
-    return 0

@@ -1,4 +1,4 @@
-"""``caffekt plot LOG.csv -o curves.png``: loss and learning-rate curves of a ``caffekt train`` log.
+"""Loss and learning-rate curves of a ``caffekt train`` log (``plot_log``, behind ``caffekt plot``).
 
 Panels: loss and smoothed loss against the iteration, the learning rate
 (log scale when it stays positive), and the test outputs when the log has
@@ -10,12 +10,6 @@ from __future__ import annotations
 import os
 
 
-def add_arguments(parser) -> None:
-    parser.add_argument("log", metavar="LOG.csv", help="a training log written by caffekt train")
-    parser.add_argument("-o", "--output", required=True, metavar="PNG", help="image to write")
-    parser.add_argument("--dpi", type=int, default=100)
-
-
 def plot_log(log: str, output: str, dpi: int = 100) -> int:
     """Draw ``log`` into ``output`` (format from its extension); returns the bytes written."""
     import matplotlib
@@ -23,9 +17,9 @@ def plot_log(log: str, output: str, dpi: int = 100) -> int:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from ..binary import atomic_output
-    from ..errors import CaffeFormatError
-    from ..logs import read_log
+    from .binary import atomic_output
+    from .errors import CaffeFormatError
+    from .logs import read_log
 
     cols = read_log(log)
     it = cols["iter"]
@@ -62,8 +56,3 @@ def plot_log(log: str, output: str, dpi: int = 100) -> int:
     plt.close(fig)
     return os.path.getsize(output)
 
-
-def run(args) -> int:
-    n = plot_log(args.log, args.output, args.dpi)
-    print(f"wrote {args.output} ({n} bytes)")
-    return 0

@@ -1,19 +1,25 @@
-"""``caffekt convert IN OUT``: weights between caffemodel, safetensors and .pt, with surgery.
+"""``caffekt convert IN -o OUT``: weights between caffemodel, safetensors and .pt, with surgery.
 
 Formats come from the extensions; tensors are named ``<layer>.<blob index>``
 (see ``caffekt.converters.convert``).  In order: ``--rename``, ``--drop``,
 ``--reinit``, ``--fold-bn`` (needs ``--prototxt``; writes the folded net with
-``--prototxt-out``), ``--fold-preprocessing LAYER`` (Caffe BGR/mean input ->
+``--prototxt-output``), ``--fold-preprocessing LAYER`` (Caffe BGR/mean input ->
 torchvision RGB input), then ``--torchvision vgg16`` renames to torchvision's
 keys (safetensors/.pt output only).  A caffemodel output is the full
 ``--prototxt`` net when given, else weights-only.
 """
 from __future__ import annotations
 
+from caffe_compat.cli_options import add_named_output, add_output, parse_pairs
+
+HELP = "weights between caffemodel, safetensors and .pt; rename/drop/reinit/fold layers"
+EXAMPLE = """caffekt convert model.caffemodel -o model.safetensors
+caffekt convert model.caffemodel --rename fc8=fc8_new --drop loss -o out.caffemodel"""
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("input", metavar="IN", help=".caffemodel, .safetensors or .pt")
-    parser.add_argument("output", metavar="OUT", help=".caffemodel, .safetensors or .pt")
+    add_output(parser, ".caffemodel, .safetensors or .pt", required=True, metavar="OUT", positional=True)
     parser.add_argument("--prototxt", help="net for a full caffemodel output / --fold-bn")
     parser.add_argument("--rename", action="append", metavar="OLD=NEW")
     parser.add_argument("--drop", action="append", metavar="LAYER")
@@ -22,7 +28,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of --reinit")
     parser.add_argument("--fold-bn", action="store_true",
                         help="merge BatchNorm (+Scale) into the preceding Convolution/InnerProduct")
-    parser.add_argument("--prototxt-out", help="write the --fold-bn net here")
+    add_named_output(parser, "prototxt", "write the --fold-bn net here", old=("--prototxt-out",),
+                     metavar="PROTOTXT")
     parser.add_argument("--fold-preprocessing", metavar="LAYER",
                         help="fold Caffe's BGR 0-255 mean-subtracted input into this first conv, "
                              "for torchvision RGB 0-1 (mean .485,.456,.406, std .229,.224,.225) input")
@@ -36,12 +43,11 @@ def run(args) -> int:
 
     from caffekt.converters import convert as C
     from caffekt.converters import surgery as S
-    from ..errors import UnsupportedParameter
-    from .export_cmd import _pairs
+    from caffe_compat.errors import UnsupportedParameter
 
     ws = C.read_weights(args.input)
     if args.rename:
-        ws = S.rename_layers(ws, _pairs(args.rename, "--rename"))
+        ws = S.rename_layers(ws, parse_pairs(args.rename, "--rename", "OLD=NEW"))
     if args.drop:
         ws = S.drop_layers(ws, args.drop)
     if args.reinit:
@@ -51,15 +57,14 @@ def run(args) -> int:
     if args.fold_bn:
         if not prototxt:
             raise UnsupportedParameter("--fold-bn needs --prototxt (which layers follow which)")
-        from ..io import read_net
-        from ..prototxt import write_prototxt
-        got = read_net(prototxt)
-        net, ws, folded = S.fold_batchnorm(got[0] if isinstance(got, tuple) else got, ws)
+        from caffe_compat.io import read_net
+        from caffe_compat.prototxt import write_prototxt
+        net, ws, folded = S.fold_batchnorm(read_net(prototxt), ws)
         for conv, bn, sc in folded:
             print(f"folded {bn}{' + ' + sc if sc else ''} into {conv}")
-        if args.prototxt_out:
-            write_prototxt(net, args.prototxt_out)
-            prototxt = args.prototxt_out
+        if args.prototxt_output:
+            write_prototxt(net, args.prototxt_output)
+            prototxt = args.prototxt_output
         else:
             prototxt = None  # the original net no longer matches the weights
     if args.fold_preprocessing:
@@ -88,7 +93,7 @@ def run(args) -> int:
 def _write_state_dict(path, sd) -> None:
     import torch
 
-    from ..binary import atomic_output
+    from caffe_compat.binary import atomic_output
     if path.lower().endswith(".safetensors"):
         from safetensors.numpy import save
         data = save(dict(sd))

@@ -155,11 +155,11 @@ def test_cli_convert(tiny, tmp_path, capsys):
     from caffe_compat.cli import main
     proto, model = tiny
     out = str(tmp_path / "r.safetensors")
-    assert main(["convert", model, out, "--rename", "fc=fc8", "--drop", "bn",
+    assert main(["convert", model, "-o", out, "--rename", "fc=fc8", "--drop", "bn",
                  "--reinit", "fc8:gaussian:0.5:0.25"]) == 0
     ws = C.read_weights(out)
     assert ws.names() == ["conv.a", "fc8"]
     np.testing.assert_array_equal(ws[1].blobs[1], np.full(5, 0.25, np.float32))
     assert 0.4 < ws[1].blobs[0].std() < 0.6 and ws[1].blobs[0].shape == (5, 144)
-    assert main(["convert", model, out, "--drop", "nope"]) == 2
+    assert main(["convert", model, "-o", out, "--drop", "nope"]) == 2
     assert "--drop: no weight layer named 'nope'" in capsys.readouterr().err

@@ -101,6 +101,17 @@ def input_shape(text: str) -> Tuple[str, Tuple[int, ...]]:
     return name, shape
 
 
+def bgr(text: str) -> Tuple[float, float, float]:
+    """argparse type of a ``B,G,R`` mean (``104,117,123``)."""
+    try:
+        vals = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected B,G,R numbers, got {text!r}") from None
+    if len(vals) != 3:
+        raise argparse.ArgumentTypeError(f"expected three values B,G,R, got {len(vals)}")
+    return vals
+
+
 def net_input_names(prototxt: str) -> List[str]:
     """Input blobs of a net file: the tops of its Input layers, else of its bottomless layers."""
     from .io import read_net

@@ -16,7 +16,7 @@ import argparse
 import json
 import os
 
-from caffe_compat.cli_options import add_json, add_output, add_quiet, parse_pairs, subcommand
+from caffe_compat.cli_options import add_json, add_output, add_quiet, bgr, parse_pairs, subcommand
 from caffe_compat.errors import CaffeCompatError
 
 from . import jigsaw_cmd
@@ -25,16 +25,6 @@ HELP = "knowledge transfer: jigsaw, features, hog, cluster, train-cc, probe, run
 EXAMPLE = """caffekt kt run --list
 caffekt kt run hog_cc_small --workdir work --plan
 caffekt kt cluster feats.npy --k 2000 -o labels.txt"""
-
-
-def _mean(text: str):
-    try:
-        vals = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--mean wants B,G,R numbers, got {text!r}") from None
-    if len(vals) != 3:
-        raise argparse.ArgumentTypeError(f"--mean wants three values B,G,R, got {len(vals)}")
-    return tuple(vals)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_output(p, "feature file (.npy or .f32); OUTPUT.json is its manifest", required=True, metavar="FILE",
                old=("--out",))
     p.add_argument("--preprocess", choices=("caffe", "tile-mvn"), default="caffe")
-    p.add_argument("--mean", type=_mean, default=(104.0, 117.0, 123.0), help="B,G,R mean for --preprocess caffe")
+    p.add_argument("--mean", type=bgr, default=(104.0, 117.0, 123.0), help="B,G,R mean for --preprocess caffe")
     p.add_argument("--resize", type=int, help="shorter side before the centre crop (caffe; default 256/227 x input)")
     p.add_argument("--scale", type=float, default=1.0, help="multiplier after the tile MVN (tile-mvn)")
     p.add_argument("--input-size", type=int, help="override the net's input height/width")
@@ -108,7 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       ("resize", int), ("snapshot", int), ("display", int), ("random-seed", int)):
         p.add_argument(f"--{name}", type=typ)
     p.add_argument("--no-mirror", action="store_true")
-    p.add_argument("--mean", type=_mean)
+    p.add_argument("--mean", type=bgr)
     p.add_argument("--workers", type=int, default=0)
     add_quiet(p, old=True)
 

@@ -55,7 +55,8 @@ def add_output(parser, help: str, required: bool = False, default=None, metavar:
     a positional OUT (both kept as hidden aliases)."""
     group = parser.add_mutually_exclusive_group(required=required) if (old or positional) else parser
     group.add_argument("-o", "--output", default=default, metavar=metavar,
-                       help=help + ("" if default is None else f" (default {default})"),
+                       help=help + ("" if default is None else f" (default {default})")
+                       + (" (required)" if required else ""),
                        required=required and group is parser)
     for flag in old:
         group.add_argument(flag, dest="output", action=_Alias, new="-o/--output", new_dest="output",

@@ -147,6 +147,10 @@ def test_plot_renders_png(solver, tmp_path):
     img = cv2.imread(str(png))
     assert img.shape == (900, 800, 3)          # 3 panels (loss, lr, tests) at 100 dpi
     assert img.std() > 10                      # not a blank canvas
+    from caffe_compat.plot import plot_log      # the library call behind the command
+    svg = tmp_path / "curves.svg"
+    assert plot_log(str(tmp_path / "snaps" / "tiny_log.csv"), str(svg)) == svg.stat().st_size
+    assert svg.read_text().lstrip().startswith("<?xml")
 
 
 def test_plot_refuses_non_log(tmp_path, capsys):

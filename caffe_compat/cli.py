@@ -1,51 +1,41 @@
 """``caffekt``: the one console script, with subcommands.
 
-Like ``tools/caffe.cpp`` it keeps a name -> command table.  Each command is a
-pair of functions in the module that owns the work: ``add_arguments(parser)``
-and ``run(args) -> int``.  Modules are imported only when their command runs,
-so ``caffekt --help`` stays fast and ``caffe_compat`` does not import
-``caffekt.kt`` or ``caffekt.converters`` at import time.
+Like ``tools/caffe.cpp`` it keeps a name -> command table, but the table is
+the ``caffekt.commands`` entry-point group (``setup.cfg``): ``caffe_compat``
+registers its own commands there and ``caffekt.kt`` / ``caffekt.converters``
+register theirs, so this package never imports the packages built on it.
+A command module has ``HELP`` (one line), ``EXAMPLE`` (shown by ``--help``),
+``add_arguments(parser)`` built from ``caffe_compat.cli_options`` and
+``run(args) -> int``; ``ALIAS_OF = "kt jigsaw"`` marks a former spelling,
+kept working, hidden from the listing, noted on stderr.
 
-Exit codes: 0 ok, 1 a check failed, 2 bad input or usage.
+Exit codes: 0 ok, 1 a check failed, 2 bad input or usage.  Bad input is
+reported here, once, as ``caffekt CMD: error: ...``: commands raise
+``CaffeCompatError`` rather than print.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
+from .cli_options import epilog
 from .errors import CaffeCompatError
+from .plugins import COMMANDS_GROUP, registered
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
-# name -> (module, one-line help).  The module provides add_arguments/run.
-COMMANDS = {
-    "inspect": ("caffe_compat.commands.inspect_cmd",
-                "describe a prototxt, caffemodel, solver, solverstate or mean file"),
-    "upgrade": ("caffe_compat.commands.upgrade_cmd",
-                "rewrite a V0/V1 net (text or binary) or an old solver in the current form"),
-    "parity": ("caffe_compat.commands.parity_cmd",
-               "compare every blob of a net against real Caffe, OpenCV dnn or our ONNX export"),
-    "train": ("caffe_compat.commands.train_cmd",
-              "train the net a solver prototxt names, with Caffe's solver semantics (torchrun for multi-process)"),
-    "plot": ("caffe_compat.commands.plot_cmd", "draw loss and learning-rate curves of a caffekt train log"),
-    "kt": ("caffe_compat.commands.kt_cmd",
-           "knowledge transfer: features, hog, cluster, train-cc, probe, run CONFIG"),
-    "export": ("caffe_compat.commands.export_cmd",
-               "a Fast R-CNN-ready caffemodel (frcnn) or an onnxruntime-checked ONNX file (onnx)"),
-    "convert": ("caffe_compat.commands.convert_cmd",
-                "weights between caffemodel, safetensors and .pt; rename/drop/reinit/fold layers"),
-    "jigsaw": ("caffe_compat.commands.jigsaw_cmd",
-               "Jigsaw++ pretext task: permutation sets, stored images, train, eval"),
-    "demo": ("caffe_compat.commands.demo_cmd",
-             "the paper's story end to end on scikit-image's photos, small, with a report folder"),
-}
+EXAMPLE = """caffekt inspect deploy.prototxt
+caffekt COMMAND --help"""
 
 
-def register_command(name: str, module: str, help: str) -> None:
-    """Add a subcommand (used by later parts of the toolkit)."""
-    COMMANDS[name] = (module, help)
+def commands() -> Dict[str, Tuple[str, object]]:
+    """name -> (module name, module) of every registered subcommand."""
+    out = {}
+    for name, ep in registered(COMMANDS_GROUP).items():
+        out[name] = (ep.value, ep.load())
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,14 +43,21 @@ def build_parser() -> argparse.ArgumentParser:
         prog="caffekt",
         description="Caffe-compatible toolkit: read/write every Caffe file, run Caffe nets "
                     "in PyTorch with Caffe's numerics, and reproduce 'Boosting Self-Supervised "
-                    "Learning via Knowledge Transfer'.")
+                    "Learning via Knowledge Transfer'.",
+        epilog=epilog(EXAMPLE), formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name, (module, help_) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_, description=help_)
-        mod = importlib.import_module(module)
+    found = commands()
+    if not found:
+        parser.error(f"no subcommands registered in the {COMMANDS_GROUP} entry-point group: "
+                     "install the package (pip install -e .)")
+    for name, (_module, mod) in found.items():
+        alias_of = getattr(mod, "ALIAS_OF", None)
+        kw = {} if alias_of else {"help": mod.HELP}   # no help=: left out of the listing
+        p = sub.add_parser(name, description=mod.HELP, epilog=epilog(mod.EXAMPLE),
+                           formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
         mod.add_arguments(p)
-        p.set_defaults(_module=module)
+        p.set_defaults(_module=_module, _alias_of=alias_of)
     return parser
 
 
@@ -68,6 +65,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     mod = importlib.import_module(args._module)
+    if args._alias_of:
+        print(f"caffekt {args.command}: note: this is now 'caffekt {args._alias_of}'; "
+              "the old spelling still works", file=sys.stderr)
     try:
         return int(mod.run(args) or 0)
     except CaffeCompatError as e:

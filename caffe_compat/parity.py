@@ -5,7 +5,8 @@ Backends (each returns ``{caffe blob name: array}`` for one forward pass):
 - ``opencv``: OpenCV 4.x ``cv2.dnn.readNetFromCaffe`` in this process.
 - ``caffe``: the real pycaffe, in a subprocess run with the oracle's Python
   (``caffe_compat/_caffe_driver.py``); caffe is never imported here.
-- ``onnxruntime``: our module exported to ONNX by ``caffekt.converters.onnx_export``.
+- ``onnxruntime``: our module exported to ONNX, a backend registered by
+  ``caffekt.converters`` (``plugin_backend``).
 
 Nothing heavy is imported at module import: cv2, torch and onnxruntime are
 imported by the backend that needs them.
@@ -170,40 +171,17 @@ def caffe_forward(prototxt_text: str, caffemodel_path: str, inputs: Mapping[str,
     return res["data"]
 
 
-# ------------------------------------------------------------ our ONNX export
+# ------------------------------------------------- backends of other packages
 
-def export_onnx(net, path: str, batch: int = 1, opset: int = 17) -> List[str]:
-    """Write ``net`` (a ``caffe_compat.Net``) as ONNX with every non-input blob an output.
-
-    The export is the project's exporter (``caffekt.converters.onnx_export.
-    export_net``: TorchScript tracing, opset >= 13, dynamic batch axis).
-    Outputs are named ``blob_<i>`` (Caffe names may hold any character);
-    returns the Caffe blob name of each output, in order.
-    """
-    from caffekt.converters.onnx_export import export_net  # imported on use only
-
-    names = [b for b in net.blob_shapes if b not in net.inputs]
-    return export_net(net, path, outputs=names, opset=opset, batch=batch,
-                      onnx_names=[f"blob_{i}" for i in range(len(names))])
-
-
-def onnxruntime_forward(net, inputs: Mapping[str, np.ndarray], opset: int = 17
-                        ) -> Dict[str, np.ndarray]:
-    """Every blob of ``net`` through its ONNX export (``export_onnx``) run in onnxruntime."""
-    import onnxruntime as ort
-
-    in_names = list(net.inputs)
-    with tempfile.TemporaryDirectory(prefix="caffekt-onnx-") as d:
-        path = os.path.join(d, "net.onnx")
-        # traced at the inputs' own batch: layers that bake shapes still run
-        batch = int(np.shape(inputs[in_names[0]])[0]) if in_names else 1
-        names = export_onnx(net, path, batch=batch, opset=opset)
-        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    feed = {n: np.ascontiguousarray(inputs[n], dtype=np.float32) for n in in_names}
-    outs = sess.run([o.name for o in sess.get_outputs()], feed)
-    result = dict(feed)
-    result.update({n: np.asarray(o) for n, o in zip(names, outs)})
-    return result
+def plugin_backend(name: str):
+    """The forward function another package registers for backend ``name`` in the
+    ``caffekt.parity_backends`` entry-point group (onnxruntime: ``caffekt.converters``)."""
+    from .plugins import PARITY_BACKENDS_GROUP, registered
+    ep = registered(PARITY_BACKENDS_GROUP).get(name)
+    if ep is None:
+        raise UnsupportedParameter(f"{name} backend: not installed (no {name!r} in the "
+                                   f"{PARITY_BACKENDS_GROUP} entry-point group; pip install -e .)")
+    return ep.load()
 
 
 # ---------------------------------------------------------------- comparison
@@ -368,7 +346,7 @@ def run_parity(prototxt: str, weights: str, backend: str,
         ref = opencv_forward(text, weights, inputs)
         notes = opencv_deviation_notes(format_text(param), {k: v.shape for k, v in ours.items()})
     else:
-        ref = onnxruntime_forward(net, inputs)
+        ref = plugin_backend(backend)(net, inputs)
 
     note_by_blob: Dict[str, str] = {}
     for lp in param.layer:

@@ -225,22 +225,26 @@ def write_weights(path: str, ws: Sequence[LayerWeights], prototxt: Optional[str]
 
 
 def _write_safetensors(path: str, ws: Sequence[LayerWeights]) -> int:
-    from safetensors.numpy import save
-
-    from caffe_compat.files import atomic_output
-    tensors = tensor_dict(ws)
     meta = {METADATA_KEY: json.dumps([[lw.name, lw.type, len(lw.blobs)] for lw in ws])}
-    data = save(dict(tensors), metadata=meta)
-    with atomic_output(path) as f:
-        f.write(data)
-    return len(data)
+    return write_tensors(path, tensor_dict(ws), meta)
 
 
 def _write_pt(path: str, ws: Sequence[LayerWeights]) -> int:
-    import torch
+    return write_tensors(path, tensor_dict(ws))
 
+
+def write_tensors(path: str, tensors: "Mapping[str, np.ndarray]", metadata: Optional[dict] = None) -> int:
+    """A flat name -> array dict as .safetensors (with ``metadata``) or .pt (a torch state_dict),
+    by extension, atomically; returns the bytes written."""
     from caffe_compat.files import atomic_output
-    sd = OrderedDict((k, torch.from_numpy(a.copy())) for k, a in tensor_dict(ws).items())
+    if path.lower().endswith(".safetensors"):
+        from safetensors.numpy import save
+        data = save(dict(tensors), metadata=metadata)
+        with atomic_output(path) as f:
+            f.write(data)
+        return len(data)
+    import torch
+    sd = OrderedDict((k, torch.from_numpy(np.array(a, copy=True))) for k, a in tensors.items())
     with atomic_output(path) as f:
         torch.save(sd, f)
         size = f.tell()

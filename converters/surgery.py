@@ -269,3 +269,58 @@ def fold_batchnorm(param, ws: Sequence[LayerWeights]):
 __all__ = ["rename_layers", "drop_layers", "reinit_layers", "parse_reinit", "ReinitSpec",
            "fill_blob", "fold_input_preprocessing", "fold_bn_into", "fold_batchnorm",
            "IMAGENET_MEAN_RGB", "IMAGENET_STD_RGB", "CAFFE_MEAN_BGR"]
+
+
+@dataclass
+class ConvertResult:
+    """What ``convert_file`` wrote: ``weights`` (the layers written, or None for torchvision keys),
+    ``folded`` (conv, bn, scale) triples, ``tensors`` (torchvision output: tensor count), ``nbytes``."""
+    weights: Optional[WeightSet]
+    folded: list
+    tensors: int
+    nbytes: int
+
+
+def convert_file(src: str, dst: str, *, prototxt: Optional[str] = None, rename: Optional[Mapping[str, str]] = None,
+                 drop: Sequence[str] = (), reinit: Sequence[str] = (), seed: int = 0, fold_bn: bool = False,
+                 prototxt_output: Optional[str] = None, fold_preprocessing: Optional[str] = None,
+                 caffe_mean: Sequence[float] = (104.0, 117.0, 123.0), caffe_scale: float = 1.0,
+                 torchvision: Optional[str] = None) -> ConvertResult:
+    """``caffekt convert``: read ``src``, then in order rename, drop, reinit (``LAYER:FILLER[:ARG[:BIAS]]``,
+    seeded), fold BatchNorm (needs ``prototxt``; the folded net goes to ``prototxt_output``), fold
+    Caffe's input preprocessing into ``fold_preprocessing``, and write ``dst`` (format from its
+    extension; ``torchvision="vgg16"``: torchvision's state_dict keys).  A caffemodel output is the
+    full net when a prototxt still matches the weights, else weights-only."""
+    from .convert import read_weights, to_torchvision_vgg16, write_tensors, write_weights
+
+    ws = read_weights(src)
+    if rename:
+        ws = rename_layers(ws, rename)
+    if drop:
+        ws = drop_layers(ws, list(drop))
+    if reinit:
+        import torch
+        torch.manual_seed(seed)
+        ws = reinit_layers(ws, [parse_reinit(s) for s in reinit])
+    folded: list = []
+    if fold_bn:
+        if not prototxt:
+            raise UnsupportedParameter("--fold-bn needs --prototxt (which layers follow which)")
+        from caffe_compat.io import read_net
+        from caffe_compat.prototxt import write_prototxt
+        net, ws, folded = fold_batchnorm(read_net(prototxt), ws)
+        if prototxt_output:
+            write_prototxt(net, prototxt_output)
+        prototxt = prototxt_output   # without it the original net no longer matches the weights
+    if fold_preprocessing:
+        lw = ws.get(fold_preprocessing)
+        if lw is None:
+            raise UnsupportedParameter(f"--fold-preprocessing: no weight layer {fold_preprocessing!r}")
+        lw.blobs = list(fold_input_preprocessing(lw.blobs[0], lw.blobs[1], list(caffe_mean), caffe_scale))
+    if torchvision:
+        if dst.lower().endswith(".caffemodel"):
+            raise UnsupportedParameter("--torchvision writes torchvision keys: use a .safetensors or .pt output")
+        sd = to_torchvision_vgg16(ws)
+        return ConvertResult(None, folded, len(sd), write_tensors(dst, sd))
+    n = write_weights(dst, ws, prototxt)
+    return ConvertResult(ws, folded, sum(len(lw.blobs) for lw in ws), n)

@@ -183,7 +183,7 @@ def _prepare(out: str) -> None:
     stamp = os.path.join(out, STAMP)
     if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(stamp):
         raise CaffeCompatError(f"{out} exists and is not a caffekt demo folder (no {STAMP}); "
-                               "give an empty or new folder with --out")
+                               "give an empty or new folder with -o")
     for sub in ("work", "report", "export"):
         p = os.path.join(out, sub)
         if os.path.isdir(p):

@@ -244,11 +244,22 @@ def is_lmdb(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "data.mdb"))
 
 
-def open_images(images: Optional[str] = None, stored: Optional[str] = None):
+def open_images(images: Optional[str] = None, stored: Optional[str] = None, *,
+                prep_into: Optional[str] = None, progress: bool = False):
     """``StoredImages(stored)`` (or ``LMDBImages`` when ``stored`` is an LMDB) or
-    ``ImageFiles(list_images(images))``; exactly one must be given."""
+    ``ImageFiles(list_images(images))``; exactly one must be given.  With
+    ``prep_into``, ``images`` are first stored there (``prep_stored``, resumable)
+    and the stored images are returned."""
     if (images is None) == (stored is None):
         raise ValueError("give exactly one of images= (folder or list) and stored= (prep output or LMDB)")
     if stored is not None:
         return LMDBImages(stored) if is_lmdb(stored) else StoredImages(stored)
+    if prep_into is not None:
+        prep_stored(images, prep_into, progress=progress)
+        return StoredImages(prep_into)
     return ImageFiles(list_images(images))
+
+
+def image_paths(src: str) -> List[str]:
+    """Absolute paths of the images a folder (recursive) or a list file names."""
+    return [os.path.abspath(p) for p in list_images(src)]

@@ -236,8 +236,8 @@ def _latest_model(out: str, stem: str) -> Optional[str]:
 
 
 def _image_paths(src: str) -> List[str]:
-    from .images import list_images
-    return [os.path.abspath(p) for p in list_images(src)]
+    from .images import image_paths
+    return image_paths(src)
 
 
 def _features_outputs(st):

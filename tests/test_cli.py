@@ -30,7 +30,7 @@ def test_help_lists_subcommands():
     assert "inspect" in r.stdout and "upgrade" in r.stdout
 
 
-@pytest.mark.parametrize("name", sorted(cli.COMMANDS))
+@pytest.mark.parametrize("name", sorted(cli.commands()))
 def test_every_subcommand_has_help(name, capsys):
     with pytest.raises(SystemExit) as ei:
         cli.main([name, "--help"])
@@ -123,7 +123,7 @@ def test_inspect_mean_file(tmp_path):
 def test_garbage_input_exits_2_with_one_line(tmp_path, command):
     bad = tmp_path / "garbage.bin"
     bad.write_bytes(bytes(range(256)) * 4)
-    args = [command, str(bad)] + ([str(tmp_path / "out")] if command == "upgrade" else [])
+    args = [command, str(bad)] + (["-o", str(tmp_path / "out")] if command == "upgrade" else [])
     r = caffekt(*args)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
@@ -146,7 +146,7 @@ def test_missing_file_exits_2(tmp_path):
 
 def test_upgrade_text_round_trip(tmp_path):
     out = tmp_path / "v2.prototxt"
-    r = caffekt("upgrade", os.path.join(GOLDEN, "v1_net.prototxt"), str(out))
+    r = caffekt("upgrade", os.path.join(GOLDEN, "v1_net.prototxt"), "-o", str(out))
     assert r.returncode == 0, r.stderr
     assert "net upgraded (V1ToV2, Input)" in r.stdout
     from caffe_compat.prototxt import parse_net_text
@@ -154,14 +154,14 @@ def test_upgrade_text_round_trip(tmp_path):
         expected = parse_net_text(f.read())[0]
     assert parse_net_text(out.read_text())[0] == expected
     again = tmp_path / "v2b.prototxt"
-    r = caffekt("upgrade", str(out), str(again))
+    r = caffekt("upgrade", str(out), "-o", str(again))
     assert r.returncode == 0 and "already in the current format" in r.stdout
     assert again.read_text() == out.read_text()
 
 
 def test_upgrade_solver(tmp_path):
     out = tmp_path / "solver.prototxt"
-    r = caffekt("upgrade", os.path.join(GOLDEN, "old_solver.prototxt"), str(out))
+    r = caffekt("upgrade", os.path.join(GOLDEN, "old_solver.prototxt"), "-o", str(out))
     assert r.returncode == 0 and "solver upgraded (SolverType)" in r.stdout
     text = out.read_text()
     assert 'type: "Nesterov"' in text and "solver_type" not in text
@@ -174,7 +174,7 @@ def test_upgrade_caffemodel_round_trip(tmp_path):
     src = str(tmp_path / "v1.caffemodel")
     weights = _v1_caffemodel(src, np.random.default_rng(4))
     dst = str(tmp_path / "v2.caffemodel")
-    r = caffekt("upgrade", src, dst)
+    r = caffekt("upgrade", src, "-o", dst)
     assert r.returncode == 0, r.stderr
     assert "caffemodel upgraded (V1ToV2, Input)" in r.stdout
     with read_caffemodel(dst) as m:
@@ -189,7 +189,7 @@ def test_upgrade_refuses_solverstate(tmp_path):
     from caffe_compat import binary
     st = tmp_path / "x.solverstate"
     binary.write_solverstate(str(st), binary.SolverState(iter=1, learned_net="m"))
-    r = caffekt("upgrade", str(st), str(tmp_path / "o"))
+    r = caffekt("upgrade", str(st), "-o", str(tmp_path / "o"))
     assert r.returncode == 2 and "holds a solverstate file" in r.stderr
 
 

@@ -34,7 +34,7 @@ def _caffekt(*args, cwd=None, timeout=900):
 def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     out, cache = root / "out", root / "cache"
-    proc = _caffekt("demo", "--quick", "--out", str(out), "--cache", str(cache), "--no-progress", cwd=str(root))
+    proc = _caffekt("demo", "--quick", "-o", str(out), "--cache", str(cache), "--quiet", cwd=str(root))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with open(out / "report" / "summary.json", encoding="utf-8") as f:
         summary = json.load(f)
@@ -180,7 +180,7 @@ def test_tower_deploy_at_full_width_is_the_shipped_tower():
 
 def test_refuses_a_folder_it_did_not_make(tmp_path):
     (tmp_path / "mine.txt").write_text("keep me")
-    proc = _caffekt("demo", "--quick", "--out", str(tmp_path), "--cache", str(tmp_path / "c"))
+    proc = _caffekt("demo", "--quick", "-o", str(tmp_path), "--cache", str(tmp_path / "c"))
     assert proc.returncode == 2
     assert "is not a caffekt demo folder" in proc.stderr and str(tmp_path) in proc.stderr
     assert sorted(os.listdir(tmp_path)) == ["mine.txt"]
@@ -189,7 +189,7 @@ def test_refuses_a_folder_it_did_not_make(tmp_path):
 def test_help():
     proc = _caffekt("demo", "--help")
     assert proc.returncode == 0
-    for flag in ("--quick", "--out", "--seed"):
+    for flag in ("--quick", "-o DIR, --output DIR", "--seed", "--quiet"):
         assert flag in proc.stdout
 
 

@@ -224,7 +224,7 @@ def test_onnx_export_has_a_dynamic_batch(small, tmp_path):
     import torch
 
     from caffe_compat import load_net
-    from caffe_compat.parity import export_onnx
+    from caffekt.converters.parity_backend import export_onnx
     proto, model = small
     net = load_net(proto, weights=model)
     path = str(tmp_path / "n.onnx")

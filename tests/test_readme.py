@@ -85,7 +85,7 @@ def test_demo_help_lists_its_options():
     proc = subprocess.run([sys.executable, "-m", "caffe_compat.cli", "demo", "--help"], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0
-    for opt in ("--quick", "--out", "--seed", "--cache"):
+    for opt in ("--quick", "-o DIR, --output DIR", "--seed", "--cache", "--quiet"):
         assert opt in proc.stdout
 
 
@@ -207,9 +207,9 @@ def test_recipe_kt(scratch):
 
 def test_full_scale_recipe_flags_exist():
     """The torchrun recipe's flags are real (the multi-process runs themselves are tested in tests/solver, tests/kt)."""
-    for argv, flags in ((["jigsaw", "train", "--help"], ("--images", "--perms", "--out")),
-                        (["kt", "train-cc", "--help"], ("--labels", "--out")),
-                        (["train", "--help"], ("--out", "--resume", "--max-iter"))):
+    for argv, flags in ((["kt", "jigsaw", "train", "--help"], ("--images", "--perms", "-o DIR, --output DIR")),
+                        (["kt", "train-cc", "--help"], ("--labels", "-o DIR, --output DIR")),
+                        (["train", "--help"], ("-o DIR, --output DIR", "--resume", "--max-iter"))):
         proc = subprocess.run([sys.executable, "-m", "caffe_compat.cli", *argv], capture_output=True, text=True,
                               timeout=120)
         assert proc.returncode == 0

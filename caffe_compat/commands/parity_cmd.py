@@ -1,4 +1,5 @@
-"""``caffekt parity``: every blob of our module against an independent implementation.
+"""``caffekt parity``: every blob of our module against an independent implementation
+(``caffe_compat.parity.run_parity``).
 
 Exit 0 when every compared blob is within tolerance, 1 when one is not (or a
 blob the backend must show is missing), 2 on bad input.
@@ -8,75 +9,45 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Dict, List, Tuple
 
-from ..errors import CaffeCompatError
+from ..cli_options import add_json, input_shape, resolve_input_shapes
 
-
-def _input_shape(text: str) -> Tuple[str, Tuple[int, ...]]:
-    """``[NAME=]N,C,H,W`` -> (name or "", dims)."""
-    name, _, dims = text.rpartition("=")
-    try:
-        shape = tuple(int(d) for d in dims.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected [NAME=]N,C,H,W with integer dims, got {text!r}")
-    if not shape or any(d <= 0 for d in shape):
-        raise argparse.ArgumentTypeError(f"dims must be positive integers, got {text!r}")
-    return name, shape
+HELP = "compare every blob of a net against real Caffe, OpenCV dnn or our ONNX export"
+EXAMPLE = """caffekt parity deploy.prototxt weights.caffemodel --backend opencv
+caffekt parity deploy.prototxt weights.caffemodel --backend onnxruntime --input-shape data=1,3,227,227"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..parity import BACKENDS
     p.add_argument("prototxt", help="the net (deploy prototxt; legacy formats are upgraded)")
     p.add_argument("weights", help="its caffemodel")
-    p.add_argument("--backend", required=True, choices=("caffe", "opencv", "onnxruntime"),
+    p.add_argument("--backend", required=True, choices=BACKENDS,
                    help="caffe: real pycaffe in a subprocess; opencv: cv2.dnn.readNetFromCaffe; "
                         "onnxruntime: our module exported to ONNX")
-    p.add_argument("--input-shape", action="append", type=_input_shape, default=[],
+    p.add_argument("--input-shape", action="append", type=input_shape, default=[],
                    metavar="[NAME=]N,C,H,W",
                    help="shape of a net input (NAME may be left out when the net has one input); "
                         "repeat for several inputs")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
     p.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (default 1e-4)")
     p.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance (default 1e-4)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_json(p)
     p.add_argument("--caffe-python", metavar="PATH",
                    help="python of the real Caffe (default: $CAFFEKT_ORACLE_PYTHON, else the "
                         "tools/build_caffe_oracle.sh prefix)")
-
-
-def _shapes(pairs: List[Tuple[str, Tuple[int, ...]]], inputs: List[str]) -> Dict[str, Tuple[int, ...]]:
-    out: Dict[str, Tuple[int, ...]] = {}
-    for name, shape in pairs:
-        if not name:
-            if len(inputs) != 1:
-                raise CaffeCompatError(f"--input-shape without a NAME= needs a net with one input; "
-                                       f"this one has {inputs}")
-            name = inputs[0]
-        if name not in inputs:
-            raise CaffeCompatError(f"--input-shape names {name!r}, not an input of the net; "
-                                   f"its inputs are {inputs}")
-        out[name] = shape
-    return out
-
-
-def _net_inputs(prototxt: str) -> List[str]:
-    from ..parity import _parse_net_file
-    param = _parse_net_file(prototxt)
-    return [t for lp in param.layer if lp.type == "Input" for t in lp.top] or \
-        [t for lp in param.layer if not len(lp.bottom) for t in lp.top]
 
 
 def run(args) -> int:
     from ..caffe_oracle import OracleError
     from ..parity import format_table, run_parity
 
-    shapes = _shapes(args.input_shape, _net_inputs(args.prototxt)) if args.input_shape else None
+    shapes = resolve_input_shapes(args.input_shape, args.prototxt)
     try:
         report = run_parity(args.prototxt, args.weights, args.backend, input_shapes=shapes,
                             seed=args.seed, atol=args.atol, rtol=args.rtol,
                             caffe_python=args.caffe_python)
     except OracleError as e:
-        # Caffe aborting on a net we run is a disagreement, not bad input.
+        # Caffe aborting on a net we run is a disagreement (exit 1), not bad input.
         print(f"caffekt parity: the real Caffe failed on this net:\n{e}", file=sys.stderr)
         return 1
     if args.json:

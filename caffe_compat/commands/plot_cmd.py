@@ -1,69 +1,21 @@
-"""``caffekt plot LOG.csv -o curves.png``: loss and learning-rate curves of a ``caffekt train`` log.
-
-Panels: loss and smoothed loss against the iteration, the learning rate
-(log scale when it stays positive), and the test outputs when the log has
-any.  Drawn with matplotlib's Agg backend (no display needed) and written
-atomically.
-"""
+"""``caffekt plot LOG.csv -o curves.png``: loss and learning-rate curves of a ``caffekt train`` log
+(``caffe_compat.plot.plot_log``)."""
 from __future__ import annotations
 
-import os
+from ..cli_options import add_output
+
+HELP = "draw loss and learning-rate curves of a caffekt train log"
+EXAMPLE = "caffekt plot snapshots/mynet_log.csv -o curves.png"
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("log", metavar="LOG.csv", help="a training log written by caffekt train")
-    parser.add_argument("-o", "--output", required=True, metavar="PNG", help="image to write")
+    add_output(parser, "image to write (format from its extension)", required=True, metavar="PNG")
     parser.add_argument("--dpi", type=int, default=100)
 
 
-def plot_log(log: str, output: str, dpi: int = 100) -> int:
-    """Draw ``log`` into ``output`` (format from its extension); returns the bytes written."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from ..files import atomic_output
-    from ..errors import CaffeFormatError
-    from ..logs import read_log
-
-    cols = read_log(log)
-    it = cols["iter"]
-    train = ~np.isnan(cols["loss"])
-    if not train.any():
-        raise CaffeFormatError("the training log has no iterations to plot", log)
-    tests = [c for c in cols if c.startswith("test")]
-    fig, axes = plt.subplots(2 + bool(tests), 1, figsize=(8, 3 * (2 + bool(tests))), sharex=True)
-    ax = axes[0]
-    ax.plot(it[train], cols["loss"][train], lw=0.8, alpha=0.5, label="loss")
-    if "smoothed_loss" in cols:
-        ax.plot(it[train], cols["smoothed_loss"][train], lw=1.5, label="smoothed loss")
-    ax.set_ylabel("loss")
-    ax.legend(loc="upper right")
-    ax = axes[1]
-    lr = cols["lr"][train]
-    ax.plot(it[train], lr, color="tab:green", drawstyle="steps-post")   # lr holds for a whole iteration
-    if (lr > 0).all():
-        ax.set_yscale("log")
-    ax.set_ylabel("learning rate")
-    if tests:
-        ax = axes[2]
-        for c in tests:
-            ok = ~np.isnan(cols[c])
-            ax.plot(it[ok], cols[c][ok], marker="o", ms=3, label=c)
-        ax.set_ylabel("test outputs")
-        ax.legend(loc="best", fontsize="small")
-    axes[-1].set_xlabel("iteration")
-    fig.suptitle(os.path.basename(log))
-    fig.tight_layout()
-    ext = os.path.splitext(output)[1].lstrip(".").lower() or "png"
-    with atomic_output(output) as f:
-        fig.savefig(f, format=ext, dpi=dpi)
-    plt.close(fig)
-    return os.path.getsize(output)
-
-
 def run(args) -> int:
+    from ..plot import plot_log
     n = plot_log(args.log, args.output, args.dpi)
     print(f"wrote {args.output} ({n} bytes)")
     return 0

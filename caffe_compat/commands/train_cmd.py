@@ -11,6 +11,13 @@ from __future__ import annotations
 
 import logging
 
+from ..cli_options import add_output, add_quiet
+
+HELP = "train the net a solver prototxt names, with Caffe's solver semantics (torchrun for multi-process)"
+EXAMPLE = """caffekt train solver.prototxt -o snapshots
+caffekt train solver.prototxt -o snapshots --resume auto --max-iter 8
+torchrun --nproc_per_node 2 -m caffe_compat.cli train solver.prototxt -o snapshots"""
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("solver", metavar="SOLVER", help="solver prototxt")
@@ -19,15 +26,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--resume", default=None, metavar="S.solverstate",
                         help="solverstate to resume from, or 'auto' for the latest complete snapshot")
     parser.add_argument("--max-iter", type=int, default=None, metavar="N", help="override the solver's max_iter")
-    parser.add_argument("--out", default=None, metavar="DIR",
-                        help="write snapshots and logs into DIR (Caffe's file names kept)")
+    add_output(parser, "folder for snapshots and logs (Caffe's file names kept; default: as the solver's "
+               "snapshot_prefix says)", metavar="DIR", old=("--out",))
     parser.add_argument("--seed", type=int, default=None, metavar="S", help="override the solver's random_seed")
     parser.add_argument("--workers", type=int, default=0, metavar="W", help="data loader worker processes")
     parser.add_argument("--labels-bin", default=None, metavar="FILE",
                         help="the Jigsaw fork's labels.bin (int32 count, then labels): replaces the labels of "
                              "the train net's Data layers in LMDB order, e.g. cluster pseudo-labels")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_quiet(parser, old=True)
     parser.add_argument("--verbose", action="store_true", help="log the solver's display lines")
 
 
@@ -47,8 +54,8 @@ def run(args) -> int:
         note.setLevel(logging.INFO)
     weights = [args.weights] if args.weights else []
     try:
-        res = train(args.solver, weights=weights, resume=args.resume, max_iter=args.max_iter, out=args.out,
-                    seed=args.seed, workers=args.workers, progress=not args.no_progress,
+        res = train(args.solver, weights=weights, resume=args.resume, max_iter=args.max_iter, out=args.output,
+                    seed=args.seed, workers=args.workers, progress=not args.quiet,
                     labels_bin=args.labels_bin, device=args.device)
     finally:
         shutdown_distributed()

@@ -28,14 +28,14 @@ Modules: ``merge`` (MergeData's plan), ``source`` (puzzles of stored images),
 from .batches import PuzzleLoader, StreamSampler
 from .evaluate import evaluate, load_eval_net
 from .feed import (NetFeedSpec, PuzzleFeed, check_perms_fit, feed_spec, input_layers,
-                   make_feed, puzzle_feeders, resolve_hash_file)
+                   make_feed, perms_file, puzzle_feeders, resolve_hash_file)
 from .merge import NTILES, RAND_MAX, DrawStream, merge_plan
 from .nets import AUTHORS_BATCH, VGG16_BLOCKS, cfn_net_param, write_cfn_prototxt
 from .source import (OCCLUDERS, PuzzleDataset, PuzzleParts, PuzzlePartsDataset, PuzzleSource, load_perms)
 from .train import AUTHORS_SCHEDULE, PREFIX, build_train_net, default_solver_param, train, write_solver
 
 __all__ = ["PuzzleLoader", "StreamSampler", "evaluate", "load_eval_net", "NetFeedSpec", "PuzzleFeed",
-           "check_perms_fit", "feed_spec", "input_layers", "make_feed", "puzzle_feeders", "resolve_hash_file",
+           "check_perms_fit", "feed_spec", "input_layers", "make_feed", "perms_file", "puzzle_feeders", "resolve_hash_file",
            "NTILES", "RAND_MAX", "DrawStream", "merge_plan", "AUTHORS_BATCH", "VGG16_BLOCKS", "cfn_net_param",
            "write_cfn_prototxt", "OCCLUDERS", "PuzzleDataset", "PuzzleParts", "PuzzlePartsDataset",
            "PuzzleSource", "load_perms", "AUTHORS_SCHEDULE", "PREFIX", "build_train_net",

@@ -99,6 +99,18 @@ def resolve_hash_file(hash_file: str, prototxt: Optional[str]) -> str:
     return beside if os.path.exists(beside) else hash_file
 
 
+def perms_file(perms: Optional[str], prototxt: Optional[str]) -> Optional[str]:
+    """``perms`` when given, else the ``hash_file`` the net's Data layers name (resolved), else None."""
+    if perms:
+        return perms
+    if prototxt:
+        from caffe_compat.io import read_net
+        for lp in read_net(prototxt).layer:
+            if lp.transform_param.hash_file:
+                return resolve_hash_file(lp.transform_param.hash_file, prototxt)
+    return None
+
+
 def _authors_shapes(prototxt: str, batch_size: Optional[int], phase: str) -> Dict[str, Tuple[int, ...]]:
     """input_shapes for the fork's Data layers (their channels live in the LMDB: 3 per tile)."""
     from caffe_compat.io import read_net

@@ -155,11 +155,33 @@ def test_cli_convert(tiny, tmp_path, capsys):
     from caffe_compat.cli import main
     proto, model = tiny
     out = str(tmp_path / "r.safetensors")
-    assert main(["convert", model, out, "--rename", "fc=fc8", "--drop", "bn",
+    assert main(["convert", model, "-o", out, "--rename", "fc=fc8", "--drop", "bn",
                  "--reinit", "fc8:gaussian:0.5:0.25"]) == 0
     ws = C.read_weights(out)
     assert ws.names() == ["conv.a", "fc8"]
     np.testing.assert_array_equal(ws[1].blobs[1], np.full(5, 0.25, np.float32))
     assert 0.4 < ws[1].blobs[0].std() < 0.6 and ws[1].blobs[0].shape == (5, 144)
-    assert main(["convert", model, out, "--drop", "nope"]) == 2
+    assert main(["convert", model, "-o", out, "--drop", "nope"]) == 2
     assert "--drop: no weight layer named 'nope'" in capsys.readouterr().err
+
+
+def test_convert_file_folds_bn_and_writes_the_matching_net(tiny, tmp_path):
+    from caffekt.converters.surgery import convert_file
+    proto, _ = tiny
+    ws = _weights()
+    ws[0].blobs[0].reshape(-1)[:4] = 0.5   # finite outputs: the fixture's float32 extremes overflow when scaled
+    model = str(tmp_path / "plain.caffemodel")
+    C.write_caffemodel_weights(model, ws, proto)
+    out, net_out = str(tmp_path / "f.caffemodel"), str(tmp_path / "f.prototxt")
+    with pytest.raises(UnsupportedParameter, match="--fold-bn needs --prototxt"):
+        convert_file(model, out, fold_bn=True)
+    assert not (tmp_path / "f.caffemodel").exists()
+    res = convert_file(model, out, prototxt=proto, fold_bn=True, prototxt_output=net_out)
+    assert res.folded == [("conv.a", "bn", None)] and res.weights.names() == ["conv.a", "fc"]
+    assert res.tensors == 4 and res.nbytes == (tmp_path / "f.caffemodel").stat().st_size
+    x = torch.from_numpy(np.random.default_rng(1).standard_normal((1, 3, 8, 8)).astype(np.float32))
+    with torch.no_grad():
+        ref = load_net(proto, weights=model, phase="TEST")(data=x)["fc"]
+        got = load_net(net_out, weights=out, phase="TEST")(data=x)["fc"]
+    assert torch.isfinite(ref).all() and ref.abs().max() > 0.1
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-4, atol=1e-5)

@@ -94,7 +94,7 @@ def _authors_setup(tmp, fixtures_dir, variant, batch=2, iters=3):
 def test_authors_prototxt_trains_unchanged_from_its_lmdb(tmp_path, monkeypatch, fixtures_dir, variant):
     solver = _authors_setup(tmp_path, fixtures_dir, variant, batch=4)
     monkeypatch.chdir(tmp_path)   # source and hash_file are relative to the working directory, as in Caffe
-    assert cli.main(["train", solver.name, "--no-progress"]) == 0
+    assert cli.main(["train", solver.name, "--quiet"]) == 0
     log = read_log(str(tmp_path / "caffenet_train_log.csv"))
     assert log["iter"].tolist() == [0, 1, 2]
     # Gaussian fillers: logits of std ~1, so the first loss (mean of 4) is near ln(fc8 outputs) = ln(1000)
@@ -158,13 +158,13 @@ def test_labels_bin_trains_caffenet_on_pseudo_labels(tmp_path, monkeypatch, fixt
     got = [int(v) for _ in range(3) for v in feed()["label"]]
     assert got == [7, 3, 999, 0, 42, 7]
     with caplog.at_level(logging.INFO, logger="caffe_compat.train"):
-        assert cli.main(["train", "solver.prototxt", "--labels-bin", "labels.bin", "--no-progress"]) == 0
+        assert cli.main(["train", "solver.prototxt", "--labels-bin", "labels.bin", "--quiet"]) == 0
     assert "labels from labels.bin replace the Datum labels (5 labels for 5 records" in caplog.text
     # labels outside fc8's 1000 outputs, or fewer labels than records: refused before training
     jps.write_labels_bin("big.bin", [1, 2, 1000, 3, 4])
-    assert cli.main(["train", "solver.prototxt", "--labels-bin", "big.bin", "--no-progress"]) == 2
+    assert cli.main(["train", "solver.prototxt", "--labels-bin", "big.bin", "--quiet"]) == 2
     jps.write_labels_bin("short.bin", [1, 2])
-    assert cli.main(["train", "solver.prototxt", "--labels-bin", "short.bin", "--no-progress"]) == 2
+    assert cli.main(["train", "solver.prototxt", "--labels-bin", "short.bin", "--quiet"]) == 2
 
 
 def test_labels_bin_errors_name_the_file(tmp_path):
@@ -177,11 +177,11 @@ def test_labels_bin_errors_name_the_file(tmp_path):
 
 @pytest.mark.slow
 def test_nine_tower_snapshot_loads_by_tower_into_the_deploys(tmp_path, monkeypatch, fixtures_dir):
-    from caffe_compat.commands.inspect_cmd import describe, format_table
+    from caffe_compat.inspect import describe, format_table
     from caffekt.prototxt import path as shipped
     solver = _authors_setup(tmp_path, fixtures_dir, "jps++", iters=2)
     monkeypatch.chdir(tmp_path)
-    assert cli.main(["train", solver.name, "--no-progress"]) == 0
+    assert cli.main(["train", solver.name, "--quiet"]) == 0
     snap = str(tmp_path / "caffenet_train_iter_2.caffemodel")
     assert "9-tower pretext snapshot" in format_table(describe(snap))
     deploy = load_net(shipped("jigsaw_cfn_tower_s2_deploy.prototxt"), weights=snap, tower=1).eval()
@@ -210,15 +210,15 @@ def test_jigsaw_driver_two_gloo_ranks_equal_one_process_with_double_batch(tmp_pa
     _write_lmdb(tmp_path / "db", _stored(8))
     perms = tmp_path / "perms.npy"
     np.save(perms, np.array([np.roll(np.arange(9), k) for k in range(9)] + [np.arange(9)[::-1]]))
-    common = ["jigsaw", "train", "--stored", str(tmp_path / "db"), "--perms", str(perms), "--width", "0.125",
+    common = ["kt", "jigsaw", "train", "--stored", str(tmp_path / "db"), "--perms", str(perms), "--width", "0.125",
               "--fc6", "16", "--fc7", "16", "--dropout", "0", "--max-iter", "3", "--snapshot", "3",
               "--seed", "2", "--quiet"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "-m", "caffe_compat.cli", *common, "--batch-size", "2", "--out", str(tmp_path / "ddp")],
+                        "-m", "caffe_compat.cli", *common, "--batch-size", "2", "-o", str(tmp_path / "ddp")],
                        capture_output=True, text=True, timeout=600, env=env, cwd=str(tmp_path))
     assert p.returncode == 0, p.stderr[-3000:]
-    assert cli.main([*common, "--batch-size", "4", "--out", str(tmp_path / "one")]) == 0
+    assert cli.main([*common, "--batch-size", "4", "-o", str(tmp_path / "one")]) == 0
 
     def blobs(d):
         with read_caffemodel(str(d / "jigsaw_iter_3.caffemodel")) as m:

@@ -79,19 +79,41 @@ def test_cli_prep_train_eval_smoke(tmp_path, fixtures_dir, capsys):
     _write_set(tmp_path / "img")
     perms = os.path.join(fixtures_dir, "jigsaw", "permutations_701.bin")
     st, out = str(tmp_path / "st"), str(tmp_path / "run")
-    assert main(["jigsaw", "prep", "--images", str(tmp_path / "img"), "-o", st, "--quiet"]) == 0
+    assert main(["kt", "jigsaw", "prep", "--images", str(tmp_path / "img"), "-o", st, "--quiet"]) == 0
     assert "4 stored images, 0 skipped" in capsys.readouterr().out
-    assert main(["jigsaw", "train", "--stored", st, "--perms", perms, "--max-iter", "2", "--batch-size", "2",
-                 "--width", "0.125", "--fc6", "16", "--fc7", "16", "--out", out, "--quiet"]) == 0
+    assert main(["kt", "jigsaw", "train", "--stored", st, "--perms", perms, "--max-iter", "2", "--batch-size", "2",
+                 "--width", "0.125", "--fc6", "16", "--fc7", "16", "-o", out, "--quiet"]) == 0
     assert "trained 2 iterations" in capsys.readouterr().out
     model = os.path.join(out, "jigsaw_iter_2.caffemodel")
     assert os.path.exists(model) and len(open(os.path.join(out, "jigsaw_log.csv")).read().splitlines()) == 3
-    assert main(["jigsaw", "eval", "--model", model, "--stored", st, "--perms", perms, "--puzzles", "3",
+    assert main(["kt", "jigsaw", "eval", "--model", model, "--stored", st, "--perms", perms, "--puzzles", "3",
                  "--batch-size", "2", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["puzzles"] == 3 and res["permutations"] == 701 and 0 <= res["accuracy"] <= 1
     # bad input: exit 2 with the file named
-    assert main(["jigsaw", "eval", "--model", model, "--stored", str(tmp_path / "img"), "--perms", perms]) == 2
+    assert main(["kt", "jigsaw", "eval", "--model", model, "--stored", str(tmp_path / "img"), "--perms", perms]) == 2
     assert "manifest.json: not a stored-image folder" in capsys.readouterr().err
-    assert main(["jigsaw", "perms", "--n", "5", "-o", str(tmp_path / "p.bin")]) == 0
+    assert main(["kt", "jigsaw", "perms", "--n", "5", "-o", str(tmp_path / "p.bin")]) == 0
     assert "5 permutations of 9 tiles" in capsys.readouterr().out
+
+
+def test_image_paths_and_open_images_prep_into(tmp_path, monkeypatch):
+    paths = _write_set(tmp_path / "img")
+    monkeypatch.chdir(tmp_path)
+    assert I.image_paths("img") == paths          # absolute, whatever the working directory
+    got = I.open_images(images="img", prep_into="st")
+    assert isinstance(got, I.StoredImages) and len(got) == 4
+    np.testing.assert_array_equal(got[3], I.load_stored(paths[3]))
+    assert isinstance(I.open_images(images="img"), I.ImageFiles)
+
+
+def test_perms_file_defaults_to_the_nets_hash_file(tmp_path, monkeypatch):
+    from caffekt.kt.jigsaw import perms_file
+    net = tmp_path / "net" / "train_val.prototxt"
+    net.parent.mkdir()
+    net.write_text('layer { name: "data" type: "Data" top: "data" transform_param { hash_file: "p.bin" } }\n')
+    (net.parent / "p.bin").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)                      # not beside the net: the fork's cwd rule fails
+    assert perms_file("given.npy", str(net)) == "given.npy"
+    assert perms_file(None, str(net)) == str(net.parent / "p.bin")
+    assert perms_file(None, None) is None

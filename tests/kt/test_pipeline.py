@@ -98,7 +98,7 @@ def test_cli_cluster_and_errors(tmp_path, capsys):
     write_rows(str(tmp_path / "f.npy"), Request(imgs, {"model": "synthetic"}), lambda idx: x[idx], progress=False)
     (tmp_path / "truth.txt").write_text("".join(f"{os.path.basename(p)} {t}\n" for p, t in zip(imgs, truth)))
     out = str(tmp_path / "labels.txt")
-    rc = main(["kt", "cluster", str(tmp_path / "f.npy"), "--k", "3", "--out", out, "--truth",
+    rc = main(["kt", "cluster", str(tmp_path / "f.npy"), "--k", "3", "-o", out, "--truth",
                str(tmp_path / "truth.txt"), "--montage", str(tmp_path / "m.png"), "--hist-png", str(tmp_path / "h.png")])
     text = capsys.readouterr().out
     assert rc == 0 and "NMI 1.0000  purity 1.0000" in text and "cluster sizes: min 10, median 10, max 10" in text
@@ -109,10 +109,10 @@ def test_cli_cluster_and_errors(tmp_path, capsys):
     import cv2
     assert cv2.imread(str(tmp_path / "m.png")).shape == (3 * 64, 2 * 64 + 8 * 64, 3)
     # errors: k > images, labels missing from the truth list, NaN rows
-    assert main(["kt", "cluster", str(tmp_path / "f.npy"), "--k", "31", "--out", out]) == 2
+    assert main(["kt", "cluster", str(tmp_path / "f.npy"), "--k", "31", "-o", out]) == 2
     assert "k=31 clusters need at least 31 images, the file has 30" in capsys.readouterr().err
     (tmp_path / "truth2.txt").write_text("".join(f"{os.path.basename(p)} 0\n" for p in imgs[:-1]))
-    assert main(["kt", "cluster", str(tmp_path / "f.npy"), "--k", "3", "--out", out, "--truth",
+    assert main(["kt", "cluster", str(tmp_path / "f.npy"), "--k", "3", "-o", out, "--truth",
                  str(tmp_path / "truth2.txt")]) == 2
     assert "1 of 30 images have no label there (first: '" in capsys.readouterr().err
     with pytest.raises(CaffeCompatError, match=r"features of image '.*i04.png' \(row 4\) contain NaN"):
@@ -126,7 +126,7 @@ def test_cli_features_bad_blob_exits_2(tmp_path, capsys):
     import caffekt.prototxt as shipped
     deploy = os.path.join(os.path.dirname(shipped.__file__), "alexnet_s4_deploy.prototxt")
     rc = main(["kt", "features", "--model", deploy, "--blob", "conv9", "--images", str(tmp_path),
-               "--out", str(tmp_path / "f.npy"), "--no-progress"])
+               "-o", str(tmp_path / "f.npy"), "--quiet"])
     assert rc == 2 and "has no blob 'conv9'" in capsys.readouterr().err
 
 

@@ -24,7 +24,7 @@ def _blobs(path):
 
 def _single(d, batch):
     sp = case.make_case(str(d), batch=batch, **SOLVER)
-    assert cli.main(["train", sp, "--no-progress"]) == 0
+    assert cli.main(["train", sp, "--quiet"]) == 0
     return d / "snaps"
 
 
@@ -36,7 +36,7 @@ def test_two_gloo_ranks_equal_one_process_with_double_batch(tmp_path):
     out = tmp_path / "ddp" / "out"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "-m", "caffe_compat.cli", "train", sp, "--out", str(out), "--no-progress"],
+                        "-m", "caffe_compat.cli", "train", sp, "-o", str(out), "--quiet"],
                        capture_output=True, text=True, timeout=300, env=env, cwd=str(tmp_path))
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.count("iteration 6: snapshot") == 1          # rank 0 alone reports and writes

@@ -54,7 +54,7 @@ SERVER = textwrap.dedent(r"""
                 if n[0] == fault[1]:
                     die()
             os.replace = replace
-        args = ["train", req["solver"], "--out", out, "--no-progress", "--resume", "auto"]
+        args = ["train", req["solver"], "-o", out, "--quiet", "--resume", "auto"]
         os._exit(cli.main(args))
 
     def run(out, fault):

@@ -22,7 +22,7 @@ from caffe_compat.train import feeders as TF
 
 
 def _train(*args) -> int:
-    return cli.main(["train", *map(str, args), "--no-progress"])
+    return cli.main(["train", *map(str, args), "--quiet"])
 
 
 def _blobs(path):
@@ -61,7 +61,7 @@ def test_snapshot_names_and_contents(solver, tmp_path, monkeypatch, capsys):
 
 def test_out_dir_keeps_caffe_names(solver, tmp_path):
     out = tmp_path / "elsewhere"
-    assert _train(solver, "--out", out, "--max-iter", 5) == 0
+    assert _train(solver, "-o", out, "--max-iter", 5) == 0
     assert sorted(p for p in os.listdir(out) if not p.endswith((".json", ".npz"))) == [
         "tiny_iter_4.caffemodel", "tiny_iter_4.solverstate", "tiny_iter_5.caffemodel",
         "tiny_iter_5.solverstate", "tiny_log.csv"]
@@ -70,12 +70,12 @@ def test_out_dir_keeps_caffe_names(solver, tmp_path):
 
 def test_resume_is_bit_identical_and_log_continues(solver, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    assert _train(solver, "--out", a) == 0
-    assert _train(solver, "--out", b, "--max-iter", 6) == 0     # snapshots 4 and 6 (after train)
+    assert _train(solver, "-o", a) == 0
+    assert _train(solver, "-o", b, "--max-iter", 6) == 0     # snapshots 4 and 6 (after train)
     # a killed run may leave a cut row: it must not survive the resume
     with open(b / "tiny_log.csv", "a") as f:
         f.write("6,0.5,0.")
-    assert _train(solver, "--out", b, "--resume", b / "tiny_iter_4.solverstate") == 0
+    assert _train(solver, "-o", b, "--resume", b / "tiny_iter_4.solverstate") == 0
     with open(a / "tiny_iter_12.caffemodel", "rb") as fa, open(b / "tiny_iter_12.caffemodel", "rb") as fb:
         assert fa.read() == fb.read()
     ra, rb = _rows(a / "tiny_log.csv"), _rows(b / "tiny_log.csv")
@@ -86,13 +86,13 @@ def test_resume_is_bit_identical_and_log_continues(solver, tmp_path):
 
 def test_resume_auto_takes_latest_complete_snapshot(solver, tmp_path):
     out = tmp_path / "o"
-    assert _train(solver, "--out", out, "--max-iter", 8) == 0
+    assert _train(solver, "-o", out, "--max-iter", 8) == 0
     prefix = str(out / "tiny")
     assert T.latest_snapshot(prefix) == prefix + "_iter_8.solverstate"
     os.remove(prefix + "_iter_8.solverstate.caffekt.json")     # as if killed inside the snapshot
     assert T.latest_snapshot(prefix) == prefix + "_iter_4.solverstate"
     assert T.latest_snapshot(str(tmp_path / "nothing")) is None
-    assert _train(solver, "--out", out, "--resume", "auto") == 0
+    assert _train(solver, "-o", out, "--resume", "auto") == 0
     assert [r["iter"] for r in _rows(out / "tiny_log.csv")] == [str(i) for i in range(12)]
 
 
@@ -147,6 +147,10 @@ def test_plot_renders_png(solver, tmp_path):
     img = cv2.imread(str(png))
     assert img.shape == (900, 800, 3)          # 3 panels (loss, lr, tests) at 100 dpi
     assert img.std() > 10                      # not a blank canvas
+    from caffe_compat.plot import plot_log      # the library call behind the command
+    svg = tmp_path / "curves.svg"
+    assert plot_log(str(tmp_path / "snaps" / "tiny_log.csv"), str(svg)) == svg.stat().st_size
+    assert svg.read_text().lstrip().startswith("<?xml")
 
 
 def test_plot_refuses_non_log(tmp_path, capsys):
@@ -159,7 +163,7 @@ def test_plot_refuses_non_log(tmp_path, capsys):
 
 def test_weights_are_loaded_before_training(solver, tmp_path):
     out = tmp_path / "w"
-    assert _train(solver, "--out", out, "--max-iter", 4) == 0
+    assert _train(solver, "-o", out, "--max-iter", 4) == 0
     w = out / "tiny_iter_4.caffemodel"
     sp = case.make_case(str(tmp_path / "ft"), base_lr=0, momentum=0, max_iter=1, snapshot=0)
     assert _train(sp, "--weights", w) == 0
@@ -342,8 +346,8 @@ def test_missing_snapshot_folder(tmp_path, capsys):
 
 def test_loader_workers_do_not_change_the_run(solver, tmp_path):
     a, b = tmp_path / "w0", tmp_path / "w2"
-    assert _train(solver, "--out", a, "--max-iter", 4) == 0
-    assert _train(solver, "--out", b, "--max-iter", 4, "--workers", 2) == 0
+    assert _train(solver, "-o", a, "--max-iter", 4) == 0
+    assert _train(solver, "-o", b, "--max-iter", 4, "--workers", 2) == 0
     assert (a / "tiny_iter_4.caffemodel").read_bytes() == (b / "tiny_iter_4.caffemodel").read_bytes()
 
 

@@ -8,42 +8,25 @@ our module (``caffekt.converters.onnx_export``); exit 1 when they differ.
 """
 from __future__ import annotations
 
+from caffe_compat.cli_options import (add_named_output, add_output, input_shape, parse_pairs,
+                                      resolve_input_shapes, subcommand)
 
-def _pairs(items, flag):
-    from ..errors import UnsupportedParameter
-    out = {}
-    for it in items or []:
-        src, sep, dst = it.partition("=")
-        if not sep or not src or not dst:
-            raise UnsupportedParameter(f"{flag} {it!r}: expected SRC=DST")
-        out[src] = dst
-    return out
-
-
-def _shapes(items):
-    """``data=1,3,227,227`` -> {'data': (1, 3, 227, 227)}."""
-    from ..errors import UnsupportedParameter
-    out = {}
-    for it in items or []:
-        name, sep, dims = it.partition("=")
-        try:
-            out[name] = tuple(int(d) for d in dims.replace("x", ",").split(","))
-        except ValueError:
-            sep = ""
-        if not sep or not name:
-            raise UnsupportedParameter(f"--input-shape {it!r}: expected BLOB=N,C,H,W")
-    return out
+HELP = "a Fast R-CNN-ready caffemodel (frcnn) or an onnxruntime-checked ONNX file (onnx)"
+EXAMPLE = """caffekt export frcnn --from jps_alexnet.caffemodel --target caffenet -o frcnn_init.caffemodel
+caffekt export onnx deploy.prototxt weights.caffemodel -o net.onnx"""
 
 
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="what", metavar="WHAT")
     sub.required = True
-    f = sub.add_parser("frcnn", help="a caffemodel ready for Fast R-CNN fine-tuning")
+    f = subcommand(sub, "frcnn", "a caffemodel ready for Fast R-CNN fine-tuning",
+                   "caffekt export frcnn --from jps_alexnet.caffemodel --target caffenet --conv-only "
+                   "-o frcnn_caffenet_init.caffemodel")
     f.add_argument("--from", dest="source", required=True, metavar="SRC",
                    help="PROTOTXT:WEIGHTS or a weights file (.caffemodel/.safetensors/.pt)")
     f.add_argument("--target", required=True,
                    help="caffenet, vgg16 (built-in Fast R-CNN nets) or a Fast R-CNN prototxt")
-    f.add_argument("-o", "--output", required=True, metavar="OUT.caffemodel")
+    add_output(f, "the Fast R-CNN caffemodel to write", required=True, metavar="OUT.caffemodel")
     f.add_argument("--map", action="append", metavar="SRC=DST", help="source layer -> target layer")
     f.add_argument("--tower", type=int, help="tower of a multi-tower pretext model (default 1)")
     f.add_argument("--fc-std", type=float, default=0.001,
@@ -71,16 +54,18 @@ def add_arguments(parser) -> None:
     f.add_argument("--rescale-max-images", type=int, metavar="N", help="use the first N images only")
     f.add_argument("--rescale-iters", type=int, default=10,
                    help="most between-layer rounds (10; stops when all ratios are within 1%%)")
-    f.add_argument("--deploy-out", metavar="PROTOTXT",
-                   help="also write the target's test net (for a prototxt target: its TEST phase with "
-                        "data layers as one Input layer, losses dropped)")
-    o = sub.add_parser("onnx", help="an ONNX file checked against our module in onnxruntime")
+    add_named_output(f, "deploy", "also write the target's test net (for a prototxt target: its TEST phase "
+                     "with data layers as one Input layer, losses dropped)", old=("--deploy-out",),
+                     metavar="PROTOTXT")
+    o = subcommand(sub, "onnx", "an ONNX file checked against our module in onnxruntime",
+                   "caffekt export onnx deploy.prototxt weights.caffemodel -o net.onnx --input-shape data=1,3,227,227")
     o.add_argument("prototxt")
     o.add_argument("weights")
-    o.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
+    add_output(o, "the ONNX file to write", required=True, metavar="OUT.onnx")
     o.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 13; default 17)")
-    o.add_argument("--input-shape", action="append", metavar="BLOB=N,C,H,W",
-                   help="override an input's shape (the batch axis stays dynamic)")
+    o.add_argument("--input-shape", action="append", type=input_shape, default=[], metavar="[NAME=]N,C,H,W",
+                   help="override an input's shape (the batch axis stays dynamic; NAME may be left out when "
+                        "the net has one input)")
     o.add_argument("--output-blob", action="append", metavar="BLOB",
                    help="expose this blob as an output (default: the net's outputs)")
     o.add_argument("--rtol", type=float, default=1e-5,
@@ -92,7 +77,7 @@ def run(args) -> int:
     if args.what == "onnx":
         from caffekt.converters.onnx_export import export_onnx_file
         rep = export_onnx_file(args.prototxt, args.weights, args.output, opset=args.opset,
-                               input_shapes=_shapes(args.input_shape) or None,
+                               input_shapes=resolve_input_shapes(args.input_shape, args.prototxt),
                                outputs=args.output_blob, rtol=args.rtol, seed=args.seed)
         print(rep)
         return 0 if rep.ok else 1
@@ -100,10 +85,10 @@ def run(args) -> int:
     from caffekt.converters.surgery import parse_reinit
     opts = {"layers": args.rescale_layers, "beta": args.rescale_bias, "size": args.rescale_size,
             "max_images": args.rescale_max_images, "max_iter": args.rescale_iters}
-    rep = export_frcnn(args.source, args.target, args.output, mapping=_pairs(args.map, "--map"),
+    rep = export_frcnn(args.source, args.target, args.output, mapping=parse_pairs(args.map, "--map"),
                        tower=args.tower, fc_std=args.fc_std, fc_bias=args.fc_bias,
                        fills=[parse_reinit(s) for s in args.fill or []], conv_only=args.conv_only,
-                       seed=args.seed, phase=args.phase, deploy_out=args.deploy_out,
+                       seed=args.seed, phase=args.phase, deploy_out=args.deploy_output,
                        rescale=args.rescale, rescale_mode=args.rescale_mode, rescale_options=opts)
     print(rep)
     return 0

@@ -1,55 +1,68 @@
-"""``caffekt jigsaw``: Jigsaw++ pretext task -- permutation sets, stored images, training, evaluation.
+"""``caffekt kt jigsaw``: Jigsaw++ pretext task -- permutation sets, stored images, training, evaluation.
 
-    caffekt jigsaw perms FILE                      statistics of a set (.bin or .npy)
-    caffekt jigsaw perms --n 701 [--variant max_min] [--seed S] -o FILE
-    caffekt jigsaw prep --images DIR_OR_LIST -o OUT [--skip-bad] [--workers W]
-    caffekt jigsaw train (--images DIR_OR_LIST | --stored OUT) --perms FILE [...]
-    caffekt jigsaw eval --model PROTOTXT:WEIGHTS|CAFFEMODEL (--images ... | --stored ...) --perms FILE
+    caffekt kt jigsaw perms FILE                      statistics of a set (.bin or .npy)
+    caffekt kt jigsaw perms --n 701 [--variant max_min] [--seed S] -o FILE
+    caffekt kt jigsaw prep --images DIR_OR_LIST -o OUT [--skip-bad] [--workers W]
+    caffekt kt jigsaw train (--images DIR_OR_LIST | --stored OUT) --perms FILE [-o DIR ...]
+    caffekt kt jigsaw eval --model PROTOTXT:WEIGHTS|CAFFEMODEL (--images ... | --stored ...) --perms FILE
 
 The work lives in ``caffekt.kt`` (permutations, puzzle, images, jigsaw).
+``caffekt jigsaw ...`` is the former spelling (``jigsaw_alias``).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import sys
 
-EXIT_OK, EXIT_BAD_INPUT = 0, 2
+from caffe_compat.cli_options import add_json, add_output, add_quiet, subcommand
+from caffe_compat.errors import UnsupportedParameter
+
+HELP = "Jigsaw++ pretext task: permutation sets, stored images, train, eval"
+EXAMPLE = """caffekt kt jigsaw perms --n 701 -o perms.bin
+caffekt kt jigsaw train --images photos/ --perms perms.bin -o jigsaw_out"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="jigsaw_command", metavar="ACTION")
     sub.required = True
 
-    p = sub.add_parser("perms", help="show statistics of a permutation set, or generate one with --n")
+    p = subcommand(sub, "perms", "show statistics of a permutation set, or generate one with --n",
+                   "caffekt kt jigsaw perms permutations_701.bin\n"
+                   "caffekt kt jigsaw perms --n 701 --variant max_min -o perms.npy")
     p.add_argument("file", nargs="?", help="a set to describe (.bin authors' layout, or .npy)")
     p.add_argument("--n", type=int, help="generate a set of this many permutations")
     p.add_argument("--variant", choices=("max_avg", "max_min"), default="max_avg",
                    help="greedy criterion: maximise the average (published sets) or minimum Hamming distance")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("-o", "--output", help="where to write the generated set (.bin or .npy)")
+    add_output(p, "where to write the generated set (.bin or .npy)", metavar="FILE")
+    add_json(p)
 
-    p = sub.add_parser("prep", help="decode images once into 255x255 stored images (memory-mappable)")
+    p = subcommand(sub, "prep", "decode images once into 255x255 stored images (memory-mappable)",
+                   "caffekt kt jigsaw prep --images train.txt -o stored/ --workers 4")
     p.add_argument("--images", required=True, help="an image folder (recursive) or a list file")
-    p.add_argument("-o", "--output", required=True, help="output folder (images.u8 + manifest.json)")
+    add_output(p, "output folder (images.u8 + manifest.json)", required=True, metavar="DIR")
     p.add_argument("--skip-bad", action="store_true", help="leave unreadable files out (counted) instead of failing")
     p.add_argument("--workers", type=int, default=0, help="decoding processes (0: in this process)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet(p)
 
-    for name, help_ in (("train", "train the 9-tower puzzle network"),
-                        ("eval", "puzzle accuracy of a trained network on held-out images")):
-        p = sub.add_parser(name, help=help_)
+    for name, help_, example in (
+            ("train", "train the 9-tower puzzle network",
+             "caffekt kt jigsaw train --images photos/ --perms perms.bin --max-iter 1000 -o jigsaw_out"),
+            ("eval", "puzzle accuracy of a trained network on held-out images",
+             "caffekt kt jigsaw eval --model jigsaw_out/jigsaw_iter_1000.caffemodel --images val.txt "
+             "--perms perms.bin")):
+        p = subcommand(sub, name, help_, example)
         src = p.add_mutually_exclusive_group(required=True)
         src.add_argument("--images", help="image folder or list (train: stored under OUT/stored first)")
-        src.add_argument("--stored", help="a folder made by 'caffekt jigsaw prep', or an LMDB of Datums "
+        src.add_argument("--stored", help="a folder made by 'caffekt kt jigsaw prep', or an LMDB of Datums "
                                              "(e.g. the authors' jps_dataset/train)")
         p.add_argument("--perms", help="permutation set (.bin/.npy); default: the net's hash_file, if any")
         p.add_argument("--occluder", choices=("another", "faithful", "none"), default="another",
                        help="occluding tiles from another image (paper), the same image (released fork), or none")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        add_quiet(p)
     p = sub.choices["train"]
     p.add_argument("--arch", choices=("alexnet", "vgg16"), default="alexnet",
                    help="tower of the generated net (ignored with --net)")
@@ -68,13 +81,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--init", choices=("authors", "msra"), default="authors",
                    help="fillers of the generated net: the authors' gaussians, or msra (small nets)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
-    p.add_argument("--resume", help="a .solverstate to continue from, or 'auto' (the latest in --out)")
-    p.add_argument("--out", default="jigsaw_out", help="output folder (solver, net, snapshots jigsaw_iter_N, jigsaw_log.csv)")
+    p.add_argument("--resume", help="a .solverstate to continue from, or 'auto' (the latest in --output)")
+    add_output(p, "output folder (solver, net, snapshots jigsaw_iter_N, jigsaw_log.csv)", default="jigsaw_out",
+               metavar="DIR", old=("--out",))
     p = sub.choices["eval"]
     p.add_argument("--model", required=True, help="PROTOTXT:WEIGHTS, or a caffemodel written by train")
     p.add_argument("--puzzles", type=int, help="number of puzzles (default: one per image)")
     p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_json(p)
 
 
 def _perms(args) -> int:
@@ -82,25 +96,26 @@ def _perms(args) -> int:
 
     if args.n is not None:
         if not args.output:
-            print("caffekt jigsaw perms: error: --n needs -o FILE", file=sys.stderr)
-            return EXIT_BAD_INPUT
+            raise UnsupportedParameter("--n needs -o FILE")
         try:
             table = generate_permutations(args.n, args.variant, args.seed)
         except ValueError as e:
-            print(f"caffekt jigsaw perms: error: {e}", file=sys.stderr)
-            return EXIT_BAD_INPUT
+            raise UnsupportedParameter(str(e)) from None
         write_permutations(args.output, table)
         path = args.output
     elif args.file:
         table, path = read_permutations(args.file), args.file
     else:
-        print("caffekt jigsaw perms: error: give a FILE to describe or --n N -o FILE", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        raise UnsupportedParameter("give a FILE to describe or --n N -o FILE")
     st = hamming_stats(table)
     ident = bool((table == range(table.shape[1])).all(axis=1).any())
+    if args.json:
+        print(json.dumps({"file": path, "permutations": st["n"], "tiles": int(table.shape[1]),
+                          "min_hamming": st["min"], "mean_hamming": st["mean"], "identity": ident}))
+        return 0
     print(f"{path}: {st['n']} permutations of {table.shape[1]} tiles; Hamming distance min {st['min']}, "
           f"mean {st['mean']:.3f}; identity in set: {'yes' if ident else 'no'}")
-    return EXIT_OK
+    return 0
 
 
 def _prep(args) -> int:
@@ -111,45 +126,25 @@ def _prep(args) -> int:
     print(f"{args.output}: {man['count']} stored images, {len(man['skipped'])} skipped")
     for s in man["skipped"][:20]:
         print(f"  skipped {s['path']}: {s['error']}")
-    return EXIT_OK
+    return 0
 
 
-def _images(args, out_dir=None):
-    from caffekt.kt.images import open_images, prep_stored
-
-    if args.stored:
-        return open_images(stored=args.stored)
-    if out_dir is None:
-        return open_images(images=args.images)
-    folder = os.path.join(out_dir, "stored")
-    prep_stored(args.images, folder, progress=not args.quiet)
-    return open_images(stored=folder)
-
-
-def _perm_file(args, prototxt=None):
-    if args.perms:
-        return args.perms
-    if prototxt:
-        from caffe_compat.io import read_net
-        from caffekt.kt.jigsaw import resolve_hash_file
-        for lp in read_net(prototxt).layer:
-            if lp.transform_param.hash_file:
-                return resolve_hash_file(lp.transform_param.hash_file, prototxt)
-    return None
+def _images(args, prep_into=None):
+    from caffekt.kt.images import open_images
+    return open_images(images=args.images, stored=args.stored, prep_into=prep_into, progress=not args.quiet)
 
 
 def _train(args) -> int:
-    from caffekt.kt.jigsaw import train
-
-    perms = _perm_file(args, args.net)
-    if perms is None:
-        print("caffekt jigsaw train: error: --perms FILE is required (e.g. the authors' permutations_701.bin, "
-              "or 'caffekt jigsaw perms --n 701 -o perms.bin')", file=sys.stderr)
-        return EXIT_BAD_INPUT
     from caffe_compat.train import shutdown_distributed
-    images = _images(args, args.out)
+    from caffekt.kt.jigsaw import perms_file, train
+
+    perms = perms_file(args.perms, args.net)
+    if perms is None:
+        raise UnsupportedParameter("--perms FILE is required (e.g. the authors' permutations_701.bin, "
+                                   "or 'caffekt kt jigsaw perms --n 701 -o perms.bin')")
+    images = _images(args, None if args.stored else os.path.join(args.output, "stored"))
     try:
-        res = train(images, perms=perms, out=args.out, net_prototxt=args.net, solver=args.solver,
+        res = train(images, perms=perms, out=args.output, net_prototxt=args.net, solver=args.solver,
                     arch=args.arch, width=args.width, fc6=args.fc6, fc7=args.fc7, max_iter=args.max_iter,
                     batch_size=args.batch_size, occluder=args.occluder, seed=args.seed, workers=args.workers,
                     resume=args.resume, snapshot=args.snapshot, base_lr=args.base_lr, progress=not args.quiet,
@@ -157,21 +152,20 @@ def _train(args) -> int:
     finally:
         shutdown_distributed()
     if res.snapshot is None and res.log_csv is None:
-        return EXIT_OK   # a rank other than 0 of a torchrun job: rank 0 reports
+        return 0   # a rank other than 0 of a torchrun job: rank 0 reports
     snap = res.snapshot[0] if res.snapshot else "(none)"
     print(f"trained {res.iter} iterations in {res.seconds:.1f} s; last snapshot {snap}; log {res.log_csv}")
-    return EXIT_OK
+    return 0
 
 
 def _eval(args) -> int:
-    from caffekt.kt.jigsaw import PuzzleSource, evaluate, load_eval_net
+    from caffekt.kt.jigsaw import PuzzleSource, evaluate, load_eval_net, perms_file
     from caffekt.kt.puzzle import PuzzleConfig
 
     net = load_eval_net(args.model, batch_size=args.batch_size)
-    perms = _perm_file(args, net.path if str(net.path).endswith(".prototxt") else None)
+    perms = perms_file(args.perms, net.path if str(net.path).endswith(".prototxt") else None)
     if perms is None:
-        print("caffekt jigsaw eval: error: --perms FILE is required", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        raise UnsupportedParameter("--perms FILE is required")
     source = PuzzleSource(_images(args), perms, PuzzleConfig(occluder=args.occluder), args.seed)
     res = evaluate(net, source, puzzles=args.puzzles)
     if args.json:
@@ -179,7 +173,7 @@ def _eval(args) -> int:
     else:
         print(f"puzzle accuracy {res['accuracy']:.4f} on {res['puzzles']} puzzles "
               f"({res['permutations']} permutations, chance {res['chance']:.4f})")
-    return EXIT_OK
+    return 0
 
 
 def run(args) -> int:

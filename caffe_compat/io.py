@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from typing import List, Optional, Tuple, Union
 
 from . import binary
@@ -280,7 +281,37 @@ def read_blobproto(path: PathOrText):
     return binary.read_blobproto(path)
 
 
-__all__ = ["detect_kind", "text_kind", "read_prototxt", "read_prototxt_info", "write_prototxt",
+def upgrade_file(src: str, dst: str) -> "tuple[str, list]":
+    """Upgrade the file ``src`` into ``dst`` (same kind, written atomically); return
+    ``(kind, applied step names)``.  What Caffe's upgrade_net_proto_text,
+    upgrade_net_proto_binary and upgrade_solver_proto_text tools do (tools/*.cpp)."""
+    kind = detect_kind(src)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the caller reports the steps instead
+        if kind in ("net", "solver"):
+            msg, _info, _ = read_prototxt_info(src, kind, upgrade=False)
+            applied = (upgrade_net if kind == "net" else upgrade_solver)(msg, src)[1]
+            write_prototxt(msg, dst)
+        elif kind == "caffemodel":
+            model = read_caffemodel(src, check_finite=False)
+            with model:
+                applied = list(model.upgrades)
+                blobs = {}
+                for lb in model.layers:
+                    if lb.blobs:
+                        if lb.name in blobs:
+                            raise WrongFileKind(f"two layers named '{lb.name}' both carry blobs; "
+                                                "expected unique names for layers with weights", src)
+                        blobs[lb.name] = lb.blobs
+                # blobs still in the net message would be written twice: the reader keeps none
+                write_caffemodel(dst, model.net, blobs)
+        else:
+            raise WrongFileKind(f"holds a {kind} file; expected a prototxt net or solver, or a "
+                                "caffemodel (other kinds have no legacy forms to upgrade)", src)
+    return kind, applied
+
+
+__all__ = ["upgrade_file", "detect_kind", "text_kind", "read_prototxt", "read_prototxt_info", "write_prototxt",
            "read_net", "read_solver", "read_caffemodel", "upgrade_caffemodel", "write_caffemodel",
            "read_solverstate", "write_solverstate", "read_blobproto", "write_blobproto",
            "CaffeModel", "SolverState", "TextInfo", "TEXT_KINDS", "BINARY_KINDS"]

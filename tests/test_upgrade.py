@@ -243,7 +243,7 @@ def test_opencv_runs_legacy_and_upgraded_alike(name, tmp_path):
     cv2 = pytest.importorskip("cv2")
     if not hasattr(cv2, "dnn") or not hasattr(cv2.dnn, "readNetFromCaffe"):
         pytest.skip("this OpenCV has no Caffe importer")
-    from caffe_compat.upgrade import upgrade_file
+    from caffe_compat.io import upgrade_file
 
     rng = np.random.default_rng(7)
     weights = {k: [rng.standard_normal(s).astype(np.float32) for s in shapes]
@@ -285,7 +285,7 @@ def test_opencv_runs_legacy_and_upgraded_alike(name, tmp_path):
 def test_real_caffe_loads_legacy_and_upgraded_alike(name, tmp_path):
     import json
     from _oracle import run_script
-    from caffe_compat.upgrade import upgrade_file
+    from caffe_compat.io import upgrade_file
 
     rng = np.random.default_rng(11)
     weights = {k: [rng.standard_normal(s).astype(np.float32) for s in shapes]

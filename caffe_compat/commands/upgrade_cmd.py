@@ -2,7 +2,7 @@
 
 Picks Caffe's upgrade_net_proto_text, upgrade_net_proto_binary or
 upgrade_solver_proto_text behaviour from the input's bytes
-(``caffe_compat.upgrade.upgrade_file``): text stays text, a caffemodel stays a
+(``caffe_compat.io.upgrade_file``): text stays text, a caffemodel stays a
 caffemodel (with every layer's weights), a solver gets ``type`` instead of
 ``solver_type`` (its ``snapshot_prefix`` is left as written).  Prints the
 applied steps; an input already current is rewritten unchanged.
@@ -21,7 +21,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..upgrade import upgrade_file
+    from ..io import upgrade_file
     kind, applied = upgrade_file(args.input, args.output)
     if applied:
         print(f"{args.input}: {kind} upgraded ({', '.join(applied)}) -> {args.output}")

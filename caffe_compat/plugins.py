@@ -7,6 +7,8 @@ Groups (declared in ``setup.cfg``; rerun ``pip install -e .`` after editing):
   ``add_arguments(parser)`` and ``run(args) -> int`` (see ``caffe_compat.cli``).
 - ``caffekt.parity_backends``: ``name = module:function``; ``function(net, inputs)``
   returns ``{caffe blob name: array}`` after one forward pass (see ``caffe_compat.parity``).
+- ``caffekt.data_feeders``: ``name = module:function``; ``function()`` calls
+  ``caffe_compat.train.register_data_feeder`` (see ``caffe_compat.train.feeders``).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Dict
 
 COMMANDS_GROUP = "caffekt.commands"
 PARITY_BACKENDS_GROUP = "caffekt.parity_backends"
+DATA_FEEDERS_GROUP = "caffekt.data_feeders"
 
 
 def registered(group: str) -> Dict[str, EntryPoint]:

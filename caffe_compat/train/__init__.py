@@ -8,12 +8,12 @@ them, snapshots).
 """
 from .distributed import shutdown_distributed
 from .driver import TrainResult, check_labels_fit, train
-from .feeders import (DATA_FEEDERS, FEEDER_ENTRY_POINTS, ConstantFeed, FeedContext, NetFeed, SourceFeed,
+from .feeders import (DATA_FEEDERS, ConstantFeed, FeedContext, NetFeed, SourceFeed,
                       TrainFeed, make_feeder, register_data_feeder)
 from .nets import NetSpec, build_net, net_specs
 from .paths import latest_snapshot, resolve_solver_paths, snapshot_complete
 
 __all__ = ["train", "TrainResult", "check_labels_fit", "FeedContext", "register_data_feeder", "DATA_FEEDERS",
-           "FEEDER_ENTRY_POINTS", "make_feeder", "SourceFeed", "ConstantFeed", "NetFeed", "TrainFeed", "NetSpec",
+           "make_feeder", "SourceFeed", "ConstantFeed", "NetFeed", "TrainFeed", "NetSpec",
            "net_specs", "build_net", "resolve_solver_paths", "latest_snapshot", "snapshot_complete",
            "shutdown_distributed"]

@@ -34,9 +34,6 @@ Feeder = Any   # callable() -> {top: tensor}; .shapes() -> {top: shape}; optiona
 FeederFactory = Callable[[Any, FeedContext], Feeder]
 # (name, predicate(layer_param) -> bool, factory(layer_param, ctx) -> feeder), first match wins
 DATA_FEEDERS: List[Tuple[str, Callable[[Any], bool], FeederFactory]] = []
-# packages add feeders through this entry-point group: each entry is a callable run once that
-# calls register_data_feeder (so this module never imports the packages built on it)
-FEEDER_ENTRY_POINTS = "caffekt.data_feeders"
 _plugins_loaded = False
 
 
@@ -56,8 +53,10 @@ def _load_plugins() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    from importlib.metadata import entry_points
-    for ep in entry_points(group=FEEDER_ENTRY_POINTS):
+    # installed packages add feeders through an entry point (a function that registers them),
+    # so this module never imports the packages built on it
+    from ..plugins import DATA_FEEDERS_GROUP, registered
+    for ep in registered(DATA_FEEDERS_GROUP).values():
         ep.load()()
 
 

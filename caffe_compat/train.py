@@ -366,6 +366,11 @@ def make_feeder(lp, ctx: FeedContext) -> Feeder:
     raise UnsupportedParameter(f"{ctx.where}: no data feeder for layer type {lp.type!r}")
 
 
+def _claimed_python(lp) -> bool:
+    """A bottomless ``Python`` layer that a registered feeder accepts (e.g. Fast R-CNN's roi_data_layer)."""
+    return lp.type == "Python" and not len(lp.bottom) and any(pred(lp) for _n, pred, _f in DATA_FEEDERS)
+
+
 class NetFeed:
     """All data layers of one net: one call -> every input top.  State: each layer's position."""
 
@@ -480,11 +485,12 @@ def build_net(spec: NetSpec, ctx: FeedContext, feeds: Optional[Mapping[str, Any]
     shapes: Dict[str, Tuple[int, ...]] = {}
     feeds = dict(feeds or {})
     for lp in filter_layers(p, phase, p.state.level, list(p.state.stage), spec.source):
+        claimed = _claimed_python(lp)
         try:
-            cls = L.get(lp.type, lp.name)
+            cls = None if claimed else L.get(lp.type, lp.name)
         except CaffeCompatError:
             continue   # the net builder reports it with its context
-        if not (isinstance(cls, type) and issubclass(cls, NetInput)):
+        if not claimed and not (isinstance(cls, type) and issubclass(cls, NetInput)):
             continue
         lctx = copy.copy(ctx)
         lctx.phase = spec.phase
@@ -495,7 +501,10 @@ def build_net(spec: NetSpec, ctx: FeedContext, feeds: Optional[Mapping[str, Any]
             f = make_feeder(lp, lctx)
         feeders[lp.name] = f
         shapes.update(f.shapes())
-    net = Net(p, phase=spec.phase, level=p.state.level, input_shapes=shapes, path=spec.source)
+    # a bottomless Python layer claimed by a registered feeder is a named input (its code never runs)
+    python_layers = "as_input" if any(map(_claimed_python, p.layer)) else "refuse"
+    net = Net(p, phase=spec.phase, level=p.state.level, input_shapes=shapes, path=spec.source,
+              python_layers=python_layers)
     # the Net took the file's stages from p.state already
     return net, NetFeed(feeders)
 

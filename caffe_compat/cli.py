@@ -38,6 +38,8 @@ COMMANDS = {
                 "weights between caffemodel, safetensors and .pt; rename/drop/reinit/fold layers"),
     "jigsaw": ("caffe_compat.commands.jigsaw_cmd",
                "Jigsaw++ pretext task: permutation sets, stored images, train, eval"),
+    "detect": ("caffekt.kt.detect.cli",
+               "Fast R-CNN on a VOC-format folder: proposals, train (through caffekt train), test, eval (VOC07 mAP)"),
     "demo": ("caffe_compat.commands.demo_cmd",
              "the paper's story end to end on scikit-image's photos, small, with a report folder"),
 }

@@ -11,7 +11,8 @@ false positive if taken; a match to a difficult box counts as neither; below
 0.5 it is a false positive.  npos counts non-difficult boxes (:130).
 rec = cumTP / npos, prec = cumTP / max(cumTP + cumFP, eps) (:192-197).
 AP: VOC07's 11-point mean of max precision at recall >= t, t = 0, 0.1, ..., 1
-(voc_eval.py:37-45), or with ``use_07=False`` the area under the monotone
+(voc_eval.py:37-45; the t values as MATLAB's ``0:0.1:1`` makes them, see
+``matlab_colon``), or with ``use_07=False`` the area under the monotone
 precision envelope (:46-61).  A class without positives has no AP (NaN) and
 is left out of the mAP with a warning.
 """
@@ -26,12 +27,29 @@ import numpy as np
 from caffe_compat.errors import CaffeFormatError
 
 
+def matlab_colon(a: float, d: float, b: float) -> np.ndarray:
+    """MATLAB's ``a:d:b`` (what VOCevaldet's ``for t=0:0.1:1`` iterates): the first half counted up from
+    ``a``, the second down from ``b``, the middle (a+b)/2.  Its 0.6 and 0.7 are the doubles nearest 0.6
+    and 0.7, where ``np.arange(0, 1.1, 0.1)`` (voc_eval.py:40) gives 0.6000000000000001, 0.7000000000000001."""
+    n = int(round((b - a) / d))
+    c = np.zeros(n + 1)
+    for k in range(n // 2 + 1):
+        c[k] = a + k * d
+        c[n - k] = b - k * d
+    if n % 2 == 0:
+        c[n // 2] = (a + b) / 2
+    return c
+
+
+VOC07_RECALLS = matlab_colon(0.0, 0.1, 1.0)
+
+
 def voc_ap(rec: np.ndarray, prec: np.ndarray, use_07: bool = True) -> float:
     rec = np.asarray(rec, np.float64)
     prec = np.asarray(prec, np.float64)
     if use_07:
         ap = 0.0
-        for t in np.arange(0.0, 1.1, 0.1):
+        for t in VOC07_RECALLS:
             p = prec[rec >= t].max() if (rec >= t).any() else 0.0
             ap += p / 11.0
         return float(ap)

@@ -27,12 +27,14 @@ def narrow(src: str, dst: str, num_classes: int, widths=WIDTHS) -> None:
 
 
 def solver(path: str, train_net: str, base_lr=0.001, stepsize=30000, max_iter=40000, prefix="caffenet_fast_rcnn",
-           momentum=0.9) -> None:
+           momentum=0.9, type="SGD") -> None:
+    """The fork's CaffeNet solver settings; ``type: "Adam"`` (momentum2 0.999) for the short from-scratch runs."""
+    extra = 'type: "Adam"\nmomentum2: 0.999\n' if type == "Adam" else ""
     with open(path, "w") as f:
         f.write(f'train_net: "{train_net}"\nbase_lr: {base_lr}\nlr_policy: "step"\ngamma: 0.1\n'
                 f'stepsize: {stepsize}\ndisplay: 20\naverage_loss: 100\nmomentum: {momentum}\n'
                 f'weight_decay: 0.0005\nsnapshot: 0\nsnapshot_prefix: "{prefix}"\nmax_iter: {max_iter}\n'
-                f'random_seed: 1\n')
+                f'random_seed: 1\n{extra}')
 
 
 def random_weights(train_prototxt: str, out: str, num_classes: int, seed: int = 0) -> None:

@@ -10,7 +10,7 @@ import pytest
 from caffekt.kt.detect import config as C
 from caffekt.kt.detect.proposals import ProposalError, from_file, selective_search
 from caffekt.kt.detect.voc import DatasetError, VOCDataset
-from conftest import CLASSES
+from _scene_set import CLASSES, scene_set  # noqa: F401  (fixture)
 
 
 def _copy(scene_set, tmp_path):

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from conftest import CLASSES
+from _scene_set import CLASSES, scene_set  # noqa: F401  (fixture)
 
 
 def test_fork_train_prototxt_runs_unchanged(scene_set, fixtures_dir, tmp_path):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CLASSES
+from _scene_set import CLASSES, scene_set  # noqa: F401  (fixture)
 
 EPS = 1e-14
 CFG = dict(SCALES=(120, 150, 96), MAX_SIZE=200, IMS_PER_BATCH=2, BATCH_SIZE=32, FG_FRACTION=0.25,

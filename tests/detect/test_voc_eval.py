@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from caffekt.kt.detect.voc_eval import class_ap, voc_ap
+from _scene_set import CLASSES, scene_set  # noqa: F401  (fixture)
 
 # image a: A (non-difficult), B (difficult); image b: C
 GT = {"a": (np.array([[1, 1, 10, 10], [50, 50, 60, 60]], float), np.array([False, True])),
@@ -128,7 +129,6 @@ def test_11_point_ap_agrees_with_an_independent_routine():
 def test_eval_of_perfect_results_files_and_cli(scene_set, tmp_path, capsys):
     from caffe_compat.cli import main
     from caffekt.kt.detect.voc import VOCDataset
-    from conftest import CLASSES
     ds = VOCDataset(scene_set, "test", CLASSES)
     det = tmp_path / "det"
     det.mkdir()

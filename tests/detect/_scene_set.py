@@ -1,11 +1,10 @@
-import os
-import sys
+"""The scene-set fixture shared by the detection tests (imported by each module; no conftest here, as
+a second ``conftest`` module would shadow tests/conftest.py for ``from conftest import ...``)."""
+from __future__ import annotations
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from scenes import have_fashion, make_scene_set  # noqa: E402
+from scenes import have_fashion, make_scene_set
 
 CLASSES = ("trouser", "sneaker", "bag")
 

@@ -13,7 +13,9 @@ come out, as the fork's SolverWrapper makes them (train.py:48-101):
   under ``<out>/solver_state/`` when the solver asks for them (``--resume auto``).
 
 A config ``SOLVER`` section (the shipped ``voc07_paper``) rewrites solver
-fields into ``<out>/solver.prototxt`` (net paths made absolute) first.
+fields into ``<out>/solver.prototxt`` (net paths made absolute) first; a net
+path the fork writes relative to its root is also found from the solver's
+folder upwards.
 """
 from __future__ import annotations
 
@@ -44,27 +46,56 @@ class DetectTrainResult:
     seconds_per_iter: float = float("nan")
 
 
+def _text_value(x) -> str:
+    if isinstance(x, bool):
+        return "true" if x else "false"
+    return json.dumps(x) if isinstance(x, str) else str(x)
+
+
+def _find_up(path: str, start: str) -> str:
+    """``path`` as given if it exists, else under the solver's folder or one of its parents (the fork's
+    solvers name their net relative to the repository root: ``models/CaffeNet/train.prototxt``)."""
+    if not path or os.path.isabs(path) or os.path.exists(path):
+        return path
+    d = os.path.abspath(start)
+    while True:
+        cand = os.path.join(d, path)
+        if os.path.exists(cand):
+            return cand
+        parent = os.path.dirname(d)
+        if parent == d:
+            return path
+        d = parent
+
+
 def derived_solver(solver_path: str, overrides, out: str) -> str:
-    """``solver_path`` with the config's SOLVER fields set, written to ``out/solver.prototxt``."""
+    """``solver_path`` with net paths found (see ``_find_up``) and the config's SOLVER fields set, written to
+    ``out/solver.prototxt``; the file itself when nothing changes."""
     from google.protobuf import text_format
 
     from caffe_compat.io import read_solver
     from caffe_compat.prototxt import write_prototxt
-    from caffe_compat.train import resolve_solver_paths
-    if not overrides:
-        return solver_path
     param = read_solver(solver_path)
-    resolve_solver_paths(param, solver_path)
+    base = os.path.dirname(os.path.abspath(solver_path))
+    changed = bool(overrides)
     for name in ("net", "train_net"):
         if param.HasField(name):
-            setattr(param, name, os.path.abspath(getattr(param, name)))
+            found = _find_up(getattr(param, name), base)
+            changed |= found != getattr(param, name)
+            setattr(param, name, os.path.abspath(found))
     for i, p in enumerate(param.test_net):
-        param.test_net[i] = os.path.abspath(p)
-    for k, v in overrides.items():
+        found = _find_up(p, base)
+        changed |= found != p
+        param.test_net[i] = os.path.abspath(found)
+    if not changed:
+        return solver_path
+    for k, v in (overrides or {}).items():
         if k not in param.DESCRIPTOR.fields_by_name:
             raise UnsupportedParameter(f"config SOLVER: {k!r} is not a SolverParameter field")
+        param.ClearField(k)
+        text = "\n".join(f"{k}: {_text_value(x)}" for x in (v if isinstance(v, list) else [v]))
         try:
-            text_format.Parse(f"{k}: {json.dumps(v) if isinstance(v, str) else v}", param)
+            text_format.Merge(text, param)
         except text_format.ParseError as e:
             raise UnsupportedParameter(f"config SOLVER: {k}: {v!r}: {e}") from None
     path = os.path.join(out, "solver.prototxt")

@@ -135,3 +135,22 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert "dataset folder not found" in err and "Traceback" not in err
+
+
+def test_proposals_command_caches_and_resumes(scene_set, tmp_path, capsys):
+    from caffe_compat.cli import main
+    from caffekt.kt.detect.proposals import has_selective_search
+    if not has_selective_search():
+        pytest.skip("cv2.ximgproc (opencv-contrib-python-headless) not installed")
+    out = tmp_path / "ss"
+    argv = ["detect", "proposals", "--dataset", scene_set, "--split", "test", "--classes", ",".join(CLASSES),
+            "-o", str(out), "--quiet"]
+    assert main(argv) == 0
+    files = sorted(os.listdir(out))
+    assert files == sorted(i + ".npy" for i in open(os.path.join(scene_set, "ImageSets", "Main", "test.txt")).read().split())
+    stamp = {f: os.stat(out / f).st_mtime_ns for f in files}
+    os.remove(out / files[0])          # an interrupted run: one image missing, no temp files left
+    assert main(argv) == 0
+    assert sorted(os.listdir(out)) == files
+    assert all(os.stat(out / f).st_mtime_ns == stamp[f] for f in files[1:])   # the others were reused
+    assert "8 images" in capsys.readouterr().out

@@ -53,3 +53,26 @@ def test_python_layers_never_run_and_unclaimed_ones_are_refused(fixtures_dir, tm
     solver.write_text(f'train_net: "{train_net}"\nbase_lr: 0.001\nlr_policy: "fixed"\nmax_iter: 1\nsnapshot_after_train: false\n')
     with pytest.raises(CaffeCompatError, match="Python"):
         train(str(solver), progress=False)
+
+
+def test_paper_config_rewrites_the_fork_solver(fixtures_dir, tmp_path, monkeypatch):
+    from caffe_compat.io import read_solver
+    from caffekt.kt.detect.config import load
+    from caffekt.kt.detect.train import derived_solver
+    import shutil
+    fork = os.path.join(fixtures_dir, "fast-rcnn")
+    # the fork's layout: <root>/models/CaffeNet/solver.prototxt naming "models/CaffeNet/train.prototxt"
+    models = tmp_path / "fast-rcnn" / "models" / "CaffeNet"
+    shutil.copytree(os.path.join(fork, "CaffeNet"), models)
+    monkeypatch.chdir(tmp_path)
+    os.makedirs(tmp_path / "out")
+    path = derived_solver("fast-rcnn/models/CaffeNet/solver.prototxt", load("voc07_paper")["SOLVER"],
+                          str(tmp_path / "out"))
+    p = read_solver(path)
+    assert (p.base_lr, p.lr_policy, p.gamma, p.stepsize, p.max_iter) == (pytest.approx(0.001), "step",
+                                                                         pytest.approx(0.1), 50000, 150000)
+    assert p.snapshot == 0 and p.snapshot_prefix.endswith("caffenet_fast_rcnn")
+    assert p.train_net == str(models / "train.prototxt")
+    from caffe_compat.errors import UnsupportedParameter
+    with pytest.raises(UnsupportedParameter, match="'stepsizes' is not a SolverParameter field"):
+        derived_solver(str(models / "solver.prototxt"), {"stepsizes": 3}, str(tmp_path))

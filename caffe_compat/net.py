@@ -22,6 +22,9 @@ What is kept from Caffe's ``Net::Init``:
 * **Loss**: ``loss_weight`` given once per top or not at all; a loss layer's
   first top defaults to weight 1.  ``net.loss(outputs)`` = sum of weight * sum(top).
 * ``propagate_down: false`` on a bottom stops the gradient into that bottom.
+* **Reshape** (``Net::Forward`` calls ``Layer::Reshape`` before each layer):
+  inputs may change shape between calls; a layer with shape-derived set-up
+  (``reshape(bottom_shapes)``) is re-set-up when its bottoms' shapes change.
 
 Data layers (Data, ImageData, HDF5Data, MemoryData, WindowData, Input) become
 named inputs of ``forward`` (see ``caffe_compat.layers.input``).
@@ -43,6 +46,11 @@ from .proto import caffe_pb2
 PHASES = {"TRAIN": caffe_pb2.TRAIN, "TEST": caffe_pb2.TEST}
 _PHASE_NAMES = {v: k for k, v in PHASES.items()}
 _PYTHON_MODES = ("refuse", "as_input")
+
+
+def _eager() -> bool:
+    # shapes are fixed while tracing/compiling; reshape only runs eagerly
+    return not (torch.jit.is_tracing() or torch.compiler.is_compiling())
 
 
 # --------------------------------------------------------------------------- filtering
@@ -101,6 +109,7 @@ class _Step:
     names: List[str] = field(default_factory=list)  # Caffe names of the tops
     feeds: bool = False           # tops come from forward()'s inputs
     loss: List[Tuple[int, float]] = field(default_factory=list)  # (top index, weight != 0)
+    reshapes: bool = False        # the module has reshape(): call it when bottom shapes change
 
 
 def _module_key(name: str, taken: set) -> str:
@@ -249,7 +258,8 @@ class Net(nn.Module):
             self.bottom_names.setdefault(lp.name, list(lp.bottom))
             self.top_names.setdefault(lp.name, list(lp.top))
             stop = [not bool(p) for p in lp.propagate_down] if len(lp.propagate_down) else [False] * len(bkeys)
-            self._steps.append(_Step(key, bkeys, tkeys, stop, list(lp.top), feeds, loss))
+            self._steps.append(_Step(key, bkeys, tkeys, stop, list(lp.top), feeds, loss,
+                                     callable(getattr(module, "reshape", None))))
 
         unused = sorted(set(input_shapes) - used_input_shapes)
         if unused:
@@ -378,6 +388,10 @@ class Net(nn.Module):
                 out = module(*[given[n] for n in step.names])
             else:
                 bottoms = [vals[k].detach() if stop else vals[k] for k, stop in zip(step.bottoms, step.stop_grad)]
+                if step.reshapes and _eager():
+                    shapes = [tuple(b.shape) for b in bottoms]
+                    if shapes != module.bottom_shapes:
+                        module.reshape(shapes)   # Net::Forward -> Layer::Reshape on new input sizes
                 out = module(*bottoms)
             if isinstance(out, torch.Tensor):
                 out = (out,)

@@ -18,10 +18,11 @@ from conftest import REPO
 
 # Commands that draw progress bars / print a table (the spelling rule alone cannot see this).
 PROGRESS = {"train", "demo", "kt features", "kt hog", "kt train-cc", "kt probe", "kt run",
-            "kt jigsaw prep", "kt jigsaw train", "kt jigsaw eval"}
-TABLES = {"inspect", "parity", "kt cluster", "kt probe", "kt run", "kt jigsaw perms", "kt jigsaw eval"}
+            "kt jigsaw prep", "kt jigsaw train", "kt jigsaw eval",
+            "detect proposals", "detect train", "detect test", "detect eval"}
+TABLES = {"inspect", "parity", "kt cluster", "kt probe", "kt run", "kt jigsaw perms", "kt jigsaw eval", "detect eval"}
 # The only spellings outside the vocabulary: hidden, noted on stderr when used.
-ALIASES = {"--out", "--no-progress", "--prototxt-out", "--deploy-out"}
+ALIASES = {"--out", "--no-progress", "--prototxt-out", "--deploy-out", "--png"}
 
 
 def walk(parser: argparse.ArgumentParser, path=()):
@@ -162,7 +163,7 @@ def test_caffe_compat_reaches_kt_and_converters_only_through_entry_points():
     from caffe_compat.plugins import registered
     cmds = registered("caffekt.commands")
     assert {n: ep.value.split(".")[1] for n, ep in cmds.items() if ep.value.startswith("caffekt.")} == {
-        "kt": "kt", "jigsaw": "kt", "demo": "kt", "export": "converters", "convert": "converters"}
+        "kt": "kt", "jigsaw": "kt", "demo": "kt", "detect": "kt", "export": "converters", "convert": "converters"}
     assert registered("caffekt.parity_backends")["onnxruntime"].value == \
         "caffekt.converters.parity_backend:onnxruntime_forward"
 

@@ -329,3 +329,20 @@ def test_seed_config_is_a_valid_pipeline():
         assert {s.get("seed") for s in cfg["stages"] if s["kind"] in ("jigsaw", "cluster")} == {3}
         assert pipeline.plan(cfg) == 0
         assert pipeline.run(cfg, only_plan=True, log=lambda _l: None) == names
+
+
+def test_detect_recipe_commands_parse():
+    """The VOC07 recipe needs VOC; its commands must parse (the scene-set e2e test runs the same steps small)."""
+    from caffe_compat.cli import build_parser
+    from caffekt.kt.detect.config import load
+    cmds = commands("detect-recipe")
+    assert [c.split()[1:3] for c in cmds] == [["export", "frcnn"], ["detect", "proposals"], ["detect", "train"],
+                                            ["detect", "test"], ["detect", "eval"]]
+    parser = build_parser()
+    for cmd in cmds:
+        args = parser.parse_args(shlex.split(cmd)[1:])
+        if getattr(args, "cfg", None):
+            cfg = load(args.cfg)
+            assert cfg["SOLVER"]["max_iter"] == 150000 and cfg["TRAIN"]["MAX_SIZE"] == 2000
+    # the test step reads the snapshot the train step writes under the paper config's SNAPSHOT_INFIX
+    assert "frcnn_out/caffenet_fast_rcnn_multiscale_iter_150000.caffemodel" in cmds[3]

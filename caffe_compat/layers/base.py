@@ -10,6 +10,12 @@ bottom blobs and the phase, as Caffe's ``Layer::SetUp`` + ``Reshape`` are:
 * ``forward(*bottoms)`` returns one tensor, or a tuple of tensors for several
   tops.  No Python control flow may depend on tensor values (the net must
   export through ``torch.onnx.export``/``torch.export``).
+* A layer whose forward depends on set-up values computed from the bottom
+  shapes (e.g. Pooling's output size, a loss's divisor) defines
+  ``reshape(bottom_shapes)``, Caffe's ``Layer::Reshape``: the net calls it
+  when a bottom arrives with another shape than the last one (Fast R-CNN
+  feeds a differently sized image and ROI count each iteration).  Layers
+  that read every size from their inputs need none.
 * A loss layer sets ``is_loss = True``; its first top gets ``loss_weight`` 1 by
   default, as in Caffe.
 """

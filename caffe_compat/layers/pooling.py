@@ -71,6 +71,20 @@ class Pooling(CaffeLayer):
             raise fail(self, f"only MAX pooling has a second (mask) top; pool: "
                              f"{pool_method_name(self.method)} has {n_tops} tops")
         self.n_tops = n_tops
+        self.pp = pp
+        self._geometry(shape)
+
+    def reshape(self, bottom_shapes) -> None:
+        """PoolingLayer::Reshape: the output size and windows follow a bottom whose H, W changed."""
+        shape = tuple(int(d) for d in bottom_shapes[0])
+        if len(shape) != 4:
+            raise shape_fail(self, f"the bottom must have 4 axes (num, channels, height, width); "
+                                   f"got {list(shape)}")
+        self.bottom_shapes = [shape]
+        self._geometry(shape)
+
+    def _geometry(self, shape) -> None:
+        pp, n_tops = self.pp, self.n_tops
         N, C, H, W = shape
         self.kernel, self.stride, self.pad = pool_geometry(self, pp, H, W)
         self.ceil = ceil_rounding(pp)

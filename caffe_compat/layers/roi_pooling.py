@@ -14,6 +14,7 @@ forced to 1 x 1) gets none; nothing reaches the rois.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ._grad import straight_through
 from ._params import count, fail, shape_fail
@@ -56,6 +57,36 @@ class ROIPooling(CaffeLayer):
         hi = torch.ceil((k[None, :] + 1) * binsz[:, None]).long() + start[:, None]
         return lo.clamp(0, limit), hi.clamp(0, limit)
 
+    def _column_bin_max(self, xd, bidx, ws, we):
+        """(values, column indices) of the first maximum of x[b, c, h, ws_j:we_j] for every ROI and column bin."""
+        N, C, H, W = xd.shape
+        vals = [xd]
+        args = [torch.arange(W, device=xd.device).expand(N, C, H, W)]
+        step = 1
+        while 2 * step <= W:
+            v, a = vals[-1], args[-1]
+            n = W - 2 * step + 1
+            lv, rv = v[..., :n], v[..., step:step + n]
+            left = lv >= rv
+            pad = W - n
+            vals.append(F.pad(torch.where(left, lv, rv), (0, pad), value=float("-inf")))
+            args.append(F.pad(torch.where(left, a[..., :n], a[..., step:step + n]), (0, pad)))
+            step *= 2
+        table_v = torch.stack(vals)              # (K, N, C, H, W)
+        table_a = torch.stack(args)
+        length = (we - ws).clamp(min=1, max=W)   # empty bins read any window; they are zeroed later
+        log2 = torch.tensor([max(n.bit_length() - 1, 0) for n in range(W + 1)], device=xd.device)
+        k = log2[length]                         # (R, PW)
+        lo = ws.clamp(0, W - 1)
+        hi = (lo + length - (1 << k)).clamp(0, W - 1)
+        b = bidx[:, None].expand_as(k)
+        lv, la = table_v[k, b, :, :, lo], table_a[k, b, :, :, lo]     # (R, PW, C, H)
+        rv, ra = table_v[k, b, :, :, hi], table_a[k, b, :, :, hi]
+        left = lv >= rv
+        val = torch.where(left, lv, rv).permute(0, 2, 3, 1)
+        arg = torch.where(left, la, ra).permute(0, 2, 3, 1)
+        return val, arg
+
     def forward(self, x, rois):
         N, C, H, W = x.shape
         r = rois.detach().reshape(rois.shape[0], 5)
@@ -69,22 +100,13 @@ class ROIPooling(CaffeLayer):
         rw = torch.clamp(x2 - x1 + 1, min=1)
         hs, he = self._bins(y1, rh, self.ph, H)      # (R, PH)
         ws, we = self._bins(x1, rw, self.pw, W)      # (R, PW)
-        feat = x[bidx]                               # (R, C, H, W)
         hh = torch.arange(H, device=x.device)
-        ww = torch.arange(W, device=x.device)
         in_h = (hh[None, None, :] >= hs[:, :, None]) & (hh[None, None, :] < he[:, :, None])  # (R, PH, H)
-        in_w = (ww[None, None, :] >= ws[:, :, None]) & (ww[None, None, :] < we[:, :, None])  # (R, PW, W)
         neg = torch.tensor(float("-inf"), dtype=x.dtype, device=x.device)
-        fd = feat.detach()
-        # Row maxima within each column bin, then the first row holding the bin maximum:
-        # torch.max returns the first index of a tie, so this is the row-major first maximum.
-        col_val, col_arg = [], []
-        for j in range(self.pw):
-            v, a = torch.where(in_w[:, j, None, None, :], fd, neg).max(dim=3)   # (R, C, H)
-            col_val.append(v)
-            col_arg.append(a)
-        col_val = torch.stack(col_val, dim=3)    # (R, C, H, PW)
-        col_arg = torch.stack(col_arg, dim=3)
+        # Max over each column bin, per row, from a sparse table over W of the shared feature map (no
+        # per-ROI copy of it): a bin [ws, we) is the union of two power-of-two windows.  Ties keep the
+        # left window, whose first maximum comes first, so this is the first maximum in the row.
+        col_val, col_arg = self._column_bin_max(x.detach(), bidx, ws, we)   # (R, C, H, PW)
         arg_h, arg_w = [], []
         for i in range(self.ph):
             v, a = torch.where(in_h[:, i, None, :, None], col_val, neg).max(dim=2)  # (R, C, PW)
@@ -92,8 +114,10 @@ class ROIPooling(CaffeLayer):
             arg_w.append(torch.gather(col_arg, 2, a.unsqueeze(2)).squeeze(2))
         arg_h = torch.stack(arg_h, dim=2)        # (R, C, PH, PW)
         arg_w = torch.stack(arg_w, dim=2)
-        flat = (arg_h * W + arg_w).reshape(rois.shape[0], C, -1)
-        picked = torch.gather(feat.reshape(rois.shape[0], C, H * W), 2, flat).reshape(arg_h.shape)
+        R = rois.shape[0]
+        flat = (arg_h * W + arg_w).reshape(R, C, -1)
+        chan = torch.arange(C, device=x.device)[None, :, None]
+        picked = x.reshape(N, C, H * W)[bidx[:, None, None], chan, flat].reshape(arg_h.shape)
         empty = ((he <= hs)[:, None, :, None] | (we <= ws)[:, None, None, :])
         value = torch.where(empty, torch.zeros_like(picked), picked)
         # The fork's backward visits only rows y1'..y2' and columns x1'..x2'.

@@ -33,6 +33,11 @@ class SmoothL1Loss(LossBase):
         self.sigma2 = float(sigma * sigma)
         self.num = b[0][0]
 
+    def reshape(self, bottom_shapes) -> None:
+        """SmoothL1LossLayer::Reshape: N (the divisor) follows a changed ROI count."""
+        self.bottom_shapes = [tuple(int(d) for d in s) for s in bottom_shapes]
+        self.num = self.bottom_shapes[0][0]
+
     def forward(self, b0, b1, w_in=None, w_out=None):
         s2 = self.sigma2
         d = b0 - b1

@@ -24,7 +24,17 @@ from ._registry import register
 class _SoftmaxLossBase(LossBase):
     """Geometry shared by the two softmax-based losses: outer x C x inner, one label per (outer, inner)."""
 
+    def reshape(self, bottom_shapes) -> None:
+        """LossLayer::Reshape + SoftmaxWithLossLayer::Reshape: outer/inner follow a changed batch."""
+        self.bottom_shapes = [tuple(int(d) for d in s) for s in bottom_shapes]
+        b = self.bottom_shapes
+        if b[0][:1] != b[1][:1]:
+            raise shape_fail(self, f"the data and label should have the same first dimension "
+                                   f"(bottom[0] {b[0]}, bottom[1] {b[1]})")
+        self._setup(*self._axis_args)
+
     def _setup(self, axis_field: str, axis: int):
+        self._axis_args = (axis_field, axis)
         s, ls = self.bottom_shapes[0], self.bottom_shapes[1]
         self.axis = canonical_axis(self, axis, len(s), axis_field)
         self.outer, self.classes, self.inner = count(s, 0, self.axis), s[self.axis], count(s, self.axis + 1)
@@ -111,6 +121,11 @@ class MultinomialLogisticLoss(LossBase):
         if count(ls, 1) != 1:
             raise shape_fail(self, f"the label blob must hold one label per item (shape {ls})")
         self.num = s[0]
+
+    def reshape(self, bottom_shapes) -> None:
+        """LossLayer::Reshape: N follows a changed batch."""
+        self.bottom_shapes = [tuple(int(d) for d in s) for s in bottom_shapes]
+        self.num = self.bottom_shapes[0][0]
 
     def forward(self, p, label):
         z = p.reshape(self.num, -1)

@@ -268,6 +268,11 @@ def make_feeder(lp, ctx: FeedContext) -> Feeder:
     raise UnsupportedParameter(f"{ctx.where}: no data feeder for layer type {lp.type!r}")
 
 
+def claimed_python(lp) -> bool:
+    """A bottomless ``Python`` layer that a registered feeder accepts (e.g. Fast R-CNN's roi_data_layer)."""
+    return lp.type == "Python" and not len(lp.bottom) and any(pred(lp) for _n, pred, _f in DATA_FEEDERS)
+
+
 class NetFeed:
     """All data layers of one net: one call -> every input top.  State: each layer's position."""
 

@@ -10,7 +10,7 @@ import torch
 
 from ..errors import CaffeCompatError, CaffeFormatError, UnsupportedParameter
 from ..proto import caffe_pb2
-from .feeders import ConstantFeed, FeedContext, Feeder, FeederFactory, NetFeed, make_feeder
+from .feeders import ConstantFeed, FeedContext, Feeder, FeederFactory, NetFeed, claimed_python, make_feeder
 
 
 @dataclass
@@ -91,11 +91,12 @@ def build_net(spec: NetSpec, ctx: FeedContext, feeds: Optional[Mapping[str, Any]
     shapes: Dict[str, Tuple[int, ...]] = {}
     feeds = dict(feeds or {})
     for lp in filter_layers(p, phase, p.state.level, list(p.state.stage), spec.source):
+        claimed = claimed_python(lp)
         try:
-            cls = L.get(lp.type, lp.name)
+            cls = None if claimed else L.get(lp.type, lp.name)
         except CaffeCompatError:
             continue   # the net builder reports it with its context
-        if not (isinstance(cls, type) and issubclass(cls, NetInput)):
+        if not claimed and not (isinstance(cls, type) and issubclass(cls, NetInput)):
             continue
         lctx = copy.copy(ctx)
         lctx.phase = spec.phase
@@ -108,7 +109,10 @@ def build_net(spec: NetSpec, ctx: FeedContext, feeds: Optional[Mapping[str, Any]
             f = make_feeder(lp, lctx)
         made[lp.name] = f
         shapes.update(f.shapes())
-    net = Net(p, phase=spec.phase, level=p.state.level, input_shapes=shapes, path=spec.source)
+    # a bottomless Python layer claimed by a registered feeder is a named input (its code never runs)
+    python_layers = "as_input" if any(map(claimed_python, p.layer)) else "refuse"
+    net = Net(p, phase=spec.phase, level=p.state.level, input_shapes=shapes, path=spec.source,
+              python_layers=python_layers)
     # the Net took the file's stages from p.state already
     for f in made.values():
         if hasattr(f, "bind"):

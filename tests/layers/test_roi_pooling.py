@@ -111,3 +111,21 @@ def test_bad_input():
     layer = make_layer("ROIPooling", "roi_pooling_param { pooled_h: 2 pooled_w: 2 }", [(1, 2, 4, 4), (1, 5)], name="roi5")
     with pytest.raises(UnsupportedParameter, match="batch index 1.0, outside \\[0, 1\\)"):
         layer(torch.zeros(1, 2, 4, 4), torch.tensor([[1.0, 0, 0, 1, 1]]))
+
+
+def test_wide_maps_many_rois_vs_fork_port():
+    """Bins spanning many columns (the layer's power-of-two windows at several levels) and ties."""
+    g = np.random.default_rng(5)
+    x = np.round(randn((2, 3, 9, 37), seed=4) * 2) / 2
+    r = 16
+    x1 = g.uniform(-10, 70, r)
+    y1 = g.uniform(-4, 14, r)
+    rois = np.stack([g.integers(0, 2, r), x1, y1, x1 + g.uniform(0, 60, r), y1 + g.uniform(0, 16, r)],
+                    1).astype(np.float32)
+    layer = make_layer("ROIPooling", "roi_pooling_param { pooled_h: 3 pooled_w: 4 spatial_scale: 0.5 }",
+                       [x.shape, rois.shape])
+    gy = randn((r, 3, 3, 4), seed=6)
+    want, _, want_gx = ref_roi_pool(x, rois, 3, 4, 0.5, gy)
+    (y,), (gx, _), _ = run_layer(layer, [x, rois], [gy])
+    assert_close(y, want, rtol=0, atol=0)
+    assert_close(gx, want_gx, atol=1e-5)

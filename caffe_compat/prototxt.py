@@ -83,8 +83,11 @@ def _token_at(text: str, line: int, column: int) -> Tuple[str, bool]:
 def _explain(err: text_format.ParseError) -> Tuple[str, Optional[str]]:
     """Turn protobuf's message into (our message, the field name if unknown)."""
     raw = str(err)
-    raw = re.sub(r"^\d+:\d+ : ", "", raw)
-    raw = _RE_QUOTED_LINE.sub("", raw)
+    raw = re.sub(r"^\d+:\d+ : ", "", raw[:200]) + raw[200:]
+    if raw.startswith("'") and "': " in raw:   # the quoted source line (split: no backtracking)
+        raw = raw.split("': ", 1)[1]
+    if len(raw) > 400:   # a huge unclosed string is quoted whole; the start says enough
+        raw = raw[:400] + " ..."
     m = _RE_UNKNOWN_FIELD.search(raw)
     if m:
         msg_type, name = m.group(1), m.group(2)

@@ -267,6 +267,9 @@ def _read_target(target: str):
     if target in BUILTIN_TARGETS:
         return frcnn_target(target), f"built-in {target}", None
     from caffe_compat.io import read_net
+    if not os.path.exists(target) and not target.endswith((".prototxt", ".pt", ".txt")):
+        raise UnsupportedParameter(f"--target {target!r}: not a built-in target ({', '.join(BUILTIN_TARGETS)}) "
+                                   f"and no such prototxt file")
     got = read_net(target)
     return (got[0] if isinstance(got, tuple) else got), target, os.fspath(target)
 

@@ -126,10 +126,13 @@ def parse_text(text: str, message_type, path: Optional[str] = None) -> Message:
     except text_format.ParseError as e:
         line, col = e.GetLine(), e.GetColumn()
         what, _ = _explain(e)
+        if len(what) > 400:   # an unclosed string is quoted whole
+            what = what[:400] + " ..."
         if line is None:
             raise TextFormatError(f"cannot parse as {_short_type(msg.DESCRIPTOR.full_name)}: {what}",
                                   path) from None
         token, last = _token_at(text, line, col)
+        token = token if len(token) <= 80 else token[:80] + "..."
         if last and what.startswith("Expected") and "found" not in what and " got " not in what:
             # text_format reports a premature end at the last token it read
             shown, token = f"{what}, found end of input after '{token}'", "end of input"

@@ -100,7 +100,11 @@ def check_bytes(nbytes: int, what: str, path: Optional[str] = None) -> None:
 
 
 def check_shape(shape: Sequence[int], what: str, itemsize: int = 4, path: Optional[str] = None) -> None:
-    """``check_bytes`` for an array of ``shape``."""
+    """``check_bytes`` for an array of ``shape``; a negative dimension is refused too."""
+    if any(int(d) < 0 for d in shape):
+        from .errors import ShapeError
+        where = f"{path}: " if path else ""
+        raise ShapeError(f"{where}{what}: negative dimension in shape {fmt_shape(shape)}")
     check_bytes(count_of(shape) * itemsize, f"{what} of shape {fmt_shape(shape)}", path)
 
 

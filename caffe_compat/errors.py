@@ -76,3 +76,7 @@ class UnsupportedParameter(CaffeCompatError, ValueError):
 
 class MemoryBudgetExceeded(CaffeCompatError, MemoryError):
     """A size claimed by a file or a prototxt exceeds the memory budget (``caffe_compat.budget``)."""
+
+
+class MissingFile(CaffeCompatError, FileNotFoundError):
+    """A file that a command or another file names does not exist."""

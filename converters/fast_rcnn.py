@@ -44,7 +44,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from caffe_compat.errors import ShapeError, UnsupportedParameter
+from caffe_compat.errors import MissingFile, ShapeError, UnsupportedParameter
 
 from .convert import LayerWeights, WeightSet, read_weights
 from .surgery import ReinitSpec, fill_blob
@@ -316,9 +316,9 @@ def _parse_source(source: str) -> Tuple[Optional[str], str]:
     head, sep, tail = source.rpartition(":")
     if sep and head.endswith(".prototxt"):
         if not os.path.exists(head):
-            raise FileNotFoundError(f"source prototxt {head} does not exist")
+            raise MissingFile(f"source prototxt {head} does not exist")
         return head, tail
-    raise FileNotFoundError(f"source {source}: no such file (give WEIGHTS or PROTOTXT:WEIGHTS)")
+    raise MissingFile(f"source {source}: no such file (give WEIGHTS or PROTOTXT:WEIGHTS)")
 
 
 def _check_source_prototxt(prototxt: str, ws: Sequence[LayerWeights]) -> None:

@@ -28,7 +28,7 @@ import numpy as np
 
 from caffe_compat.binary import atomic_output
 from caffe_compat.data.sources import list_image_paths
-from caffe_compat.errors import CaffeFormatError
+from caffe_compat.errors import CaffeFormatError, UnsupportedParameter
 
 from .puzzle import STORED, stored_image
 
@@ -210,7 +210,7 @@ class ArrayImages:
     def __init__(self, array: np.ndarray, sources: Optional[Sequence[str]] = None):
         array = np.asarray(array)
         if array.ndim != 4 or array.shape[1:] != (STORED, STORED, 3) or array.dtype != np.uint8:
-            raise ValueError(f"expected (n, {STORED}, {STORED}, 3) uint8, got {array.shape} {array.dtype}")
+            raise UnsupportedParameter(f"expected (n, {STORED}, {STORED}, 3) uint8, got {array.shape} {array.dtype}")
         self.array = array
         self.sources = list(sources) if sources is not None else [f"#{i}" for i in range(len(array))]
 
@@ -237,5 +237,5 @@ class ImageFiles:
 def open_images(images: Optional[str] = None, stored: Optional[str] = None):
     """``StoredImages(stored)`` or ``ImageFiles(list_images(images))``; exactly one must be given."""
     if (images is None) == (stored is None):
-        raise ValueError("give exactly one of images= (folder or list) and stored= (prep output)")
+        raise UnsupportedParameter("give exactly one of images= (folder or list) and stored= (prep output)")
     return StoredImages(stored) if stored is not None else ImageFiles(list_images(images))

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import numpy as np
+from caffe_compat.errors import UnsupportedParameter
 
 STORED = 255            # stored image side
 GRID = 3
@@ -56,7 +57,7 @@ def stored_image(img: np.ndarray, interpolation: Optional[int] = None) -> np.nda
     import cv2
 
     if img.ndim != 3 or img.shape[2] != 3:
-        raise ValueError(f"expected an HxWx3 colour image, got shape {img.shape}")
+        raise UnsupportedParameter(f"expected an HxWx3 colour image, got shape {img.shape}")
     h, w = img.shape[:2]
     s = 256.0 / min(h, w)
     nh, nw = max(256, int(round(h * s))), max(256, int(round(w * s)))
@@ -78,7 +79,7 @@ class PuzzleConfig:
 def cut_tiles(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Nine jittered tiles in natural (cell) order: ``(9, 3, 64, 64)`` float32, channel-first."""
     if img.shape != (STORED, STORED, 3):
-        raise ValueError(f"puzzles are cut from {STORED}x{STORED}x3 stored images, got {img.shape}")
+        raise UnsupportedParameter(f"puzzles are cut from {STORED}x{STORED}x3 stored images, got {img.shape}")
     origin = rng.integers(0, JITTER + 1, size=(GRID * GRID, 2))           # (y, x) per tile
     shift = rng.integers(0, CHANNEL_SHIFT + 1, size=(GRID * GRID, 3, 2))  # (y, x) per channel
     tiles = np.empty((GRID * GRID, 3, TILE, TILE), dtype=np.float32)
@@ -137,7 +138,7 @@ def make_puzzle(img: np.ndarray, perms: np.ndarray, rng: np.random.Generator,
         if k:
             source = img if cfg.occluder == "faithful" else occluder_img
             if source is None:
-                raise ValueError("occluder 'another' needs occluder_img (a different stored image)")
+                raise UnsupportedParameter("occluder 'another' needs occluder_img (a different stored image)")
             occ = colour_tiles(source, rng, cfg)
             pos = rng.choice(GRID * GRID, size=k, replace=False)
             src = rng.choice(GRID * GRID, size=k, replace=False)

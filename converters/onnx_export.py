@@ -76,9 +76,17 @@ def onnx_friendly(net) -> Iterator[None]:
 
     from caffe_compat.layers.convolution import _BaseConv
 
+    from caffe_compat.layers.pooling import Pooling
+
     fn = _lrn_function()
     patched = []
+    explicit = []
     for m in net.modules():
+        if isinstance(m, Pooling) and not m.plain_ceil_agrees():
+            # ONNX's ceil_mode keeps a last window that starts in the right padding; PyTorch and
+            # Caffe drop it: pad explicitly so that ONNX visits Caffe's windows
+            m.explicit_padding(True)
+            explicit.append(m)
         if isinstance(m, LRN) and m.region == ACROSS_CHANNELS:
             m._caffekt_forward = m.forward
             m.forward = (lambda mod: (lambda x: fn.apply(x, mod)))(m)
@@ -92,6 +100,8 @@ def onnx_friendly(net) -> Iterator[None]:
     try:
         yield
     finally:
+        for m in explicit:
+            m.explicit_padding(False)
         for m in patched:
             m.forward = m._caffekt_forward
             del m._caffekt_forward

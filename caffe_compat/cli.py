@@ -50,8 +50,15 @@ def register_command(name: str, module: str, help: str) -> None:
     COMMANDS[name] = (module, help)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (the usage itself is one ``--help`` away)."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="caffekt",
         description="Caffe-compatible toolkit: read/write every Caffe file, run Caffe nets "
                     "in PyTorch with Caffe's numerics, and reproduce 'Boosting Self-Supervised "

@@ -378,8 +378,14 @@ def run_parity(prototxt: str, weights: str, backend: str,
 
     if backend not in BACKENDS:
         raise UnsupportedParameter(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    from .errors import CaffeCompatError
+    from .net import name_file
+
     param = _parse_net_file(prototxt)
-    net = load_net(param, weights=weights, phase="TEST", input_shapes=input_shapes)
+    try:
+        net = load_net(param, weights=weights, phase="TEST", input_shapes=input_shapes)
+    except CaffeCompatError as e:
+        raise name_file(e, os.fspath(prototxt))
     net.eval()
     _feedable_inputs(param, net, backend)
     inputs = random_inputs(net, seed)

@@ -379,9 +379,15 @@ def export_onnx_file(prototxt, weights, out: str, opset: int = DEFAULT_OPSET,
     from caffe_compat.judge import describe_inputs, input_laws, random_inputs
     from caffe_compat.net import load_net
 
+    from caffe_compat.errors import CaffeCompatError
+    from caffe_compat.net import name_file
+
     form, path, dropped = export_form(prototxt, keep_losses, input_shapes)
-    net = load_net(form, weights=weights, phase="TEST", input_shapes=input_shapes,
-                   python_layers=python_layers)
+    try:
+        net = load_net(form, weights=weights, phase="TEST", input_shapes=input_shapes,
+                       python_layers=python_layers)
+    except CaffeCompatError as e:
+        raise name_file(e, path)
     net.path = path
     net.eval()
     buf = io.BytesIO()

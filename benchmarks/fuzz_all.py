@@ -18,7 +18,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 def main(argv=None) -> int:
     from tqdm import tqdm
 
-    from caffe_compat.fuzz import run_fuzz
+    from caffe_compat.fuzz import OUTCOMES, build_seeds, run_fuzz
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=100_000, help="number of inputs (100000)")
@@ -27,13 +27,23 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--time-limit", type=float, default=5.0, help="seconds per input before a hang (5)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("--chunk", type=int, default=10_000,
+                    help="print the running counts after every CHUNK inputs (10000)")
     args = ap.parse_args(argv)
     bar = tqdm(total=args.n, disable=args.quiet, unit="input")
-    rep = run_fuzz(args.n, seed=args.seed, workers=args.workers, time_limit=args.time_limit,
-                   start=args.start, progress=bar.update)
+    seeds = build_seeds()
+    total = None
+    for first in range(args.start, args.start + args.n, args.chunk):
+        n = min(args.chunk, args.start + args.n - first)
+        rep = run_fuzz(n, seed=args.seed, workers=args.workers, time_limit=args.time_limit,
+                       start=first, progress=bar.update, seeds=seeds)
+        total = rep if total is None else total.merge(rep)
+        bar.write(f"after {total.inputs} inputs ({total.seconds:.0f} s): "
+                  + ", ".join(f"{o} {total.counts[o]}" for o in OUTCOMES))
+        sys.stdout.flush()
     bar.close()
-    print(rep)
-    return 1 if rep.bad else 0
+    print(total)
+    return 1 if total.bad else 0
 
 
 if __name__ == "__main__":

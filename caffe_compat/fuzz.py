@@ -276,7 +276,7 @@ def classify(kind: str, data: bytes, workdir: str) -> Tuple[str, str, int]:
 
 # ------------------------------------------------------------------ the pool
 
-def _worker(conn, seed: int) -> None:
+def _worker(conn, parent: int) -> None:
     import torch
 
     from . import budget
@@ -292,6 +292,9 @@ def _worker(conn, seed: int) -> None:
         os.makedirs(work)
         devnull = open(os.devnull, "w")
         while True:
+            while not conn.poll(1.0):
+                if os.getppid() != parent:   # the parent died: do not linger
+                    return
             msg = conn.recv()
             if msg is None:
                 return
@@ -316,6 +319,15 @@ class FuzzReport:
     inputs: int = 0
     seconds: float = 0.0
     max_growth: int = 0
+
+    def merge(self, other: "FuzzReport") -> "FuzzReport":
+        """Both runs' counts together (chunks of one long run)."""
+        out = FuzzReport(self.counts + other.counts, {}, self.findings + other.findings,
+                         self.inputs + other.inputs, self.seconds + other.seconds,
+                         max(self.max_growth, other.max_growth))
+        for k in set(self.by_kind) | set(other.by_kind):
+            out.by_kind[k] = self.by_kind.get(k, Counter()) + other.by_kind.get(k, Counter())
+        return out
 
     @property
     def bad(self) -> int:
@@ -348,7 +360,7 @@ def run_fuzz(n: int, seed: int = 0, workers: int = 2, time_limit: float = 5.0, s
 
     def spawn():
         a, b = ctx.Pipe()
-        p = ctx.Process(target=_worker, args=(b, seed), daemon=True)
+        p = ctx.Process(target=_worker, args=(b, os.getpid()), daemon=True)
         p.start()
         return [p, a, None, 0.0]   # process, conn, (i, kind) in flight, started at
 

@@ -7,6 +7,11 @@ Backends (each returns ``{caffe blob name: array}`` for one forward pass):
   (``caffe_compat/_caffe_driver.py``); caffe is never imported here.
 - ``onnxruntime``: our module exported to ONNX by ``caffekt.converters.onnx_export``.
 
+Every blob is judged against our module run in float64 on the same input
+(``caffe_compat.judge``): the backend agrees when it is no further from float64
+than float32 rounding explains (its distance within ``rtol`` of the blob's scale
+plus ``slack`` times the distance our own float32 run shows).
+
 Nothing heavy is imported at module import: cv2, torch and onnxruntime are
 imported by the backend that needs them.
 """

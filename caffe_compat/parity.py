@@ -454,7 +454,8 @@ def format_table(report: ParityReport) -> str:
              report.input_text or "inputs: " + ", ".join(
                  f"{k} {'x'.join(map(str, v))}" for k, v in report.inputs.items()),
              f"judged against our module in float64: a blob agrees when {report.backend}'s distance "
-             f"from float64 is <= {report.rtol:g} + {report.atol:g}/scale + {report.slack:g} x our "
+             f"from float64 is <= {report.rtol:g}{f' + {report.atol:g}/scale' if report.atol else ''} + "
+             f"{report.slack:g} x our "
              f"float32 distance (all relative to the blob's scale, max |f64|)"]
     for i, r in enumerate(rows):
         lines.append("  ".join(c.ljust(w) if j < 2 else c.rjust(w) if j < n - 1 else c

@@ -10,7 +10,8 @@ small pool; the parent kills a worker that takes longer than ``time_limit``
 (``/proc/self/clear_refs`` resets the high-water mark).
 
 Outcomes: ``ok`` (read or built), ``typed`` (a ``CaffeCompatError``: a clean
-refusal), ``untyped`` (any other exception: a bug), ``hang``, ``memory``
+refusal), ``untyped`` (any other exception: a bug), ``hang`` (over the time
+limit twice: a loaded machine may stall a worker once), ``memory``
 (peak growth over the memory budget plus a margin), ``crash`` (the worker died).
 """
 from __future__ import annotations
@@ -367,6 +368,8 @@ def run_fuzz(n: int, seed: int = 0, workers: int = 2, time_limit: float = 5.0, s
     pool = [spawn() for _ in range(max(1, workers))]
     todo = iter(range(start, start + n))
     pending = True
+    retry: List[int] = []     # inputs that timed out once: run again before calling them hangs
+    retried: set = set()
 
     def record(i, kind, outcome, detail, grew=0):
         report.counts[outcome] += 1
@@ -379,10 +382,10 @@ def run_fuzz(n: int, seed: int = 0, workers: int = 2, time_limit: float = 5.0, s
             progress(1)
 
     try:
-        while pending or any(w[2] is not None for w in pool):
+        while pending or retry or any(w[2] is not None for w in pool):
             for w in pool:
-                if w[2] is None and pending:
-                    i = next(todo, None)
+                if w[2] is None and (pending or retry):
+                    i = retry.pop() if retry else next(todo, None)
                     if i is None:
                         pending = False
                         continue
@@ -408,7 +411,11 @@ def run_fuzz(n: int, seed: int = 0, workers: int = 2, time_limit: float = 5.0, s
                 elif time.perf_counter() - w[3] > time_limit:
                     w[0].kill()
                     w[0].join()
-                    record(i, kind, "hang", f"over {time_limit:g} s")
+                    if i in retried:
+                        record(i, kind, "hang", f"over {time_limit:g} s, twice")
+                    else:   # a loaded machine can stall a worker once; a hang repeats
+                        retried.add(i)
+                        retry.append(i)
                     pool[k] = spawn()
     finally:
         for w in pool:

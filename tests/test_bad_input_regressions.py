@@ -180,3 +180,17 @@ def test_debug_shows_the_traceback(tmp_path):
     p.write_text(NET.format(n=1, k=0))
     with pytest.raises(CaffeCompatError):
         main(["--debug", "export", "onnx", str(p), str(p), "-o", str(tmp_path / "o.onnx")])
+
+
+@pytest.mark.parametrize("text", [
+    'name: "a"\nlayer { name: "' + "x" * 47000 + "\n",          # the 47 KB unclosed string
+    'layer { bottom: "fc"' + "x" * 47000 + "\n}\n",              # fuzz input 70694: a 5 KB run took 0.8 s
+    "a " * 23000, "{" * 47000, "'" + "x" * 47000])
+def test_long_runs_scan_in_linear_time(tmp_path, text):
+    from caffe_compat.io import read_net
+    p = tmp_path / "long.prototxt"
+    p.write_text(text)
+    t = time.perf_counter()
+    with pytest.raises(CaffeCompatError, match="long.prototxt"):
+        read_net(str(p))
+    assert time.perf_counter() - t < 0.5

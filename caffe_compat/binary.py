@@ -30,6 +30,7 @@ import numpy as np
 
 from . import wire
 from .files import atomic_output
+from .budget import fmt_count, fmt_shape
 from .errors import BadPayload, UnsupportedParameter, WireFormatError
 from .proto import PRIVATE_FIELD_NUMBERS, caffe_pb2
 from .wire import I32, I64, LEN, VARINT
@@ -170,7 +171,7 @@ def decode_blob(buf, start: int, end: int, path: Optional[str] = None, where: st
     else:
         shape = tuple(dims)
     if any(d < 0 for d in shape):
-        raise BadPayload(f"{where}: negative dimension in shape {list(shape)}", path)
+        raise BadPayload(f"{where}: negative dimension in shape {fmt_shape(shape)}", path)
     count = math.prod(shape)
 
     if ddata.count:
@@ -181,7 +182,8 @@ def decode_blob(buf, start: int, end: int, path: Optional[str] = None, where: st
         arr, what, n = _decode_raw(buf, raw, raw_type, path, where), "raw_data", None
         n = arr.size
     if count != n:
-        raise BadPayload(f"{where}: shape {list(shape)} holds {count} values but {what} has {n}", path)
+        raise BadPayload(f"{where}: shape {fmt_shape(shape)} holds {fmt_count(count)} values but "
+                         f"{what} has {n}", path)
     if arr is None:
         arr = _materialize(buf, data)
     arr = arr.reshape(shape)
@@ -190,8 +192,8 @@ def decode_blob(buf, start: int, end: int, path: Optional[str] = None, where: st
     if with_diff and (diff.count or ddiff.count):
         src = ddiff if ddiff.count else diff
         if src.count != count:
-            raise BadPayload(f"{where}: shape {list(shape)} holds {count} values but diff has "
-                             f"{src.count}", path)
+            raise BadPayload(f"{where}: shape {fmt_shape(shape)} holds {fmt_count(count)} values but "
+                             f"diff has {src.count}", path)
         d = _materialize(buf, src).reshape(shape)
     return DecodedBlob(arr, bool(legacy), d)
 

@@ -72,3 +72,11 @@ class ShapeError(CaffeCompatError, ValueError):
 
 class UnsupportedParameter(CaffeCompatError, ValueError):
     """A parameter value that the layer (or Caffe itself) does not accept."""
+
+
+class MemoryBudgetExceeded(CaffeCompatError, MemoryError):
+    """A size claimed by a file or a prototxt exceeds the memory budget (``caffe_compat.budget``)."""
+
+
+class MissingFile(CaffeCompatError, FileNotFoundError):
+    """A file that a command or another file names does not exist."""

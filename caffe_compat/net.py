@@ -40,6 +40,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from .budget import check_shape
 from .errors import CaffeCompatError, CaffeFormatError, ShapeError, UnknownLayerType, UnsupportedParameter
 from .proto import caffe_pb2
 
@@ -232,6 +233,7 @@ class Net(nn.Module):
                 raise ShapeError(f"{where}: the implementation gave {len(module.top_shapes)} top "
                                  f"shapes for {len(lp.top)} tops")
             for t, key, s in zip(lp.top, tkeys, module.top_shapes):
+                check_shape(s, f"{where}: top {t!r}")   # before a forward pass allocates it
                 shapes[key] = tuple(int(d) for d in s)
                 available[t] = key
                 current[t] = key
@@ -457,14 +459,53 @@ def load_net(prototxt, weights=None, phase: str = "TEST", stages: Sequence[str] 
     bottomless ``Python`` layers (e.g. Fast R-CNN's data layer) into named inputs.
     ``tower=N`` loads tower N of a multi-tower training snapshot (``conv1_sN`` -> ``conv1``).
     """
-    param, path = _read_param(prototxt)
-    net = Net(param, phase=phase, stages=stages, level=level, input_shapes=input_shapes,
-              python_layers=python_layers, path=path)
+    try:
+        param, path = _read_param(prototxt)
+    except CaffeCompatError as e:
+        p = os.fspath(prototxt) if isinstance(prototxt, (str, os.PathLike)) else None
+        if p is not None and sniff_text(p) is False:
+            e.args = (f"{e} (this is a binary file, not a text prototxt; did you swap NET and WEIGHTS?)",)
+        raise
+    try:
+        net = Net(param, phase=phase, stages=stages, level=level, input_shapes=input_shapes,
+                  python_layers=python_layers, path=path)
+    except CaffeCompatError as e:
+        raise name_file(e, path)
     if weights is not None:
         from .weights import copy_trained_layers
         for w in ([weights] if isinstance(weights, (str, os.PathLike)) else list(weights)):
-            copy_trained_layers(net, w, strict=strict, tower=tower)
+            try:
+                copy_trained_layers(net, w, strict=strict, tower=tower)
+            except CaffeCompatError as e:
+                wp = os.fspath(w) if isinstance(w, (str, os.PathLike)) else None
+                if wp is not None and sniff_text(wp):
+                    e.args = (f"{e} (this is a text prototxt; did you swap NET and WEIGHTS?)",)
+                raise name_file(e, wp)
     return net
 
 
-__all__ = ["Net", "load_net", "state_meets_rule", "filter_layers", "PHASES"]
+def sniff_text(path: str) -> Optional[bool]:
+    """Whether the file's first 4 KiB look like prototxt text (None: unreadable or empty)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return None
+    if not head:
+        return None
+    control = sum(b < 9 or 13 < b < 32 for b in head)
+    if control > len(head) // 100:
+        return False
+    text = head.decode("utf-8", errors="ignore")
+    return any(w in text for w in ("layer", "name:", "input", "net:"))
+
+
+def name_file(e: CaffeCompatError, path: Optional[str]) -> CaffeCompatError:
+    """``e`` with its message starting with ``path`` (when it does not name it yet)."""
+    msg = str(e)
+    if path and path not in msg:
+        e.args = (f"{path}: {msg}",) + tuple(e.args[1:])
+    return e
+
+
+__all__ = ["Net", "load_net", "name_file", "state_meets_rule", "filter_layers", "PHASES"]

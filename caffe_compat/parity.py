@@ -8,6 +8,11 @@ Backends (each returns ``{caffe blob name: array}`` for one forward pass):
 - ``onnxruntime``: our module exported to ONNX, a backend registered by
   ``caffekt.converters`` (``plugin_backend``).
 
+Every blob is judged against our module run in float64 on the same input
+(``caffe_compat.judge``): the backend agrees when it is no further from float64
+than float32 rounding explains (its distance within ``rtol`` of the blob's scale
+plus ``slack`` times the distance our own float32 run shows).
+
 Nothing heavy is imported at module import: cv2, torch and onnxruntime are
 imported by the backend that needs them.
 """
@@ -22,6 +27,9 @@ import numpy as np
 
 from .caffe_oracle import to_ceil_mode_text
 from .errors import UnsupportedParameter
+from .judge import (DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_SLACK, describe_inputs, float64_forward, input_laws,
+                    judge)
+from .judge import random_inputs as judge_random_inputs
 from .prototxt import format_text, parse_net_text
 
 # ---------------------------------------------------------------- OpenCV dnn
@@ -191,7 +199,12 @@ BACKENDS = ("caffe", "opencv", "onnxruntime")
 
 @dataclass
 class BlobResult:
-    """One blob compared: ``status`` is ok, mismatch, shape, missing or skipped."""
+    """One blob compared: ``status`` is ok, mismatch, shape, missing or skipped.
+
+    ``max_abs_err``/``max_rel_err``: the backend against our float32 result.
+    ``scale``, ``ours_f64_err``, ``ref_f64_err``, ``limit``: the float64-anchored
+    judgement (``caffe_compat.judge``), when a float64 reference was given.
+    """
     name: str
     shape: Tuple[int, ...]
     ref_shape: Optional[Tuple[int, ...]]
@@ -199,6 +212,10 @@ class BlobResult:
     max_rel_err: Optional[float]
     status: str
     note: Optional[str] = None
+    scale: Optional[float] = None
+    ours_f64_err: Optional[float] = None
+    ref_f64_err: Optional[float] = None
+    limit: Optional[float] = None
 
     @property
     def ok(self) -> bool:
@@ -217,6 +234,9 @@ class ParityReport:
     inputs: Dict[str, Tuple[int, ...]]
     blobs: List[BlobResult] = field(default_factory=list)
     notes: Dict[str, str] = field(default_factory=dict)
+    slack: float = DEFAULT_SLACK
+    input_law: Dict[str, str] = field(default_factory=dict)   # input -> the law it was drawn from
+    input_text: str = ""
 
     @property
     def ok(self) -> bool:
@@ -224,11 +244,12 @@ class ParityReport:
             any(b.status == "ok" for b in self.blobs)
 
     def to_json(self) -> dict:
-        """The ``--json`` document (schema ``caffekt.parity/1``)."""
+        """The ``--json`` document (schema ``caffekt.parity/2``: float64-anchored)."""
         return {
-            "schema": "caffekt.parity/1",
+            "schema": "caffekt.parity/2",
             "backend": self.backend, "prototxt": self.prototxt, "weights": self.weights,
-            "seed": self.seed, "atol": self.atol, "rtol": self.rtol,
+            "seed": self.seed, "atol": self.atol, "rtol": self.rtol, "slack": self.slack,
+            "input_law": dict(self.input_law),
             "inputs": {k: list(v) for k, v in self.inputs.items()},
             "ok": self.ok,
             "compared": sum(b.status != "skipped" and b.status != "missing" for b in self.blobs),
@@ -237,16 +258,23 @@ class ParityReport:
             "blobs": [{"name": b.name, "shape": list(b.shape),
                        "ref_shape": None if b.ref_shape is None else list(b.ref_shape),
                        "max_abs_err": b.max_abs_err, "max_rel_err": b.max_rel_err,
+                       "scale": b.scale, "ours_f64_err": b.ours_f64_err,
+                       "ref_f64_err": b.ref_f64_err, "limit": b.limit,
                        "ok": b.ok, "status": b.status, "note": b.note} for b in self.blobs],
         }
 
 
 def compare_blob(name: str, ours: np.ndarray, ref: Optional[np.ndarray], atol: float, rtol: float,
-                 missing_status: str = "missing", note: Optional[str] = None) -> BlobResult:
-    """``ours`` against ``ref`` under numpy.isclose's rule ``|a - b| <= atol + rtol * |b|``.
+                 missing_status: str = "missing", note: Optional[str] = None,
+                 exact: Optional[np.ndarray] = None, slack: float = DEFAULT_SLACK) -> BlobResult:
+    """``ref`` (the backend) against ``ours``.
 
-    ``max_rel_err`` is the largest ``|a - b| / |b|`` over elements with
-    ``|b| > atol`` (near-zero references would only measure noise).
+    With ``exact`` (our module in float64) the verdict is ``judge``'s: the
+    backend's distance from float64 within ``rtol + atol/scale + slack * ours'``
+    (see ``caffe_compat.judge``).  Without it, numpy.isclose's rule
+    ``|a - b| <= atol + rtol * |b|``.  Either way ``max_rel_err`` is the largest
+    ``|a - b| / |b|`` over elements with ``|b| > atol`` (near-zero references
+    would only measure noise).
     """
     shape = tuple(int(d) for d in ours.shape)
     if ref is None:
@@ -270,6 +298,10 @@ def compare_blob(name: str, ours: np.ndarray, ref: Optional[np.ndarray], atol: f
     big = np.isfinite(b) & (np.abs(b) > atol)
     max_abs = float(err.max())
     max_rel = float(np.max(err[big] / np.abs(b[big]))) if big.any() else 0.0
+    if exact is not None and tuple(exact.shape) == shape:
+        d = judge(ours, ref, exact, rtol=rtol, atol=atol, slack=slack)
+        return BlobResult(name, shape, ref_shape, max_abs, max_rel, "ok" if d.ok else "mismatch",
+                          note, d.scale, d.ours, d.other, d.limit)
     with np.errstate(invalid="ignore"):
         good = bool(np.all(same | (np.isfinite(err) & (err <= atol + rtol * np.abs(b)))))
     return BlobResult(name, shape, ref_shape, max_abs, max_rel, "ok" if good else "mismatch", note)
@@ -306,20 +338,22 @@ def _set_input_shapes(param, shapes: Mapping[str, Sequence[int]]) -> None:
 
 
 def random_inputs(net, seed: int) -> Dict[str, np.ndarray]:
-    """Standard normal float32 inputs, one per net input, from ``seed``."""
-    rng = np.random.default_rng(seed)
-    return {n: rng.standard_normal(net.blob_shapes[n]).astype(np.float32) for n in net.inputs}
+    """Standard normal float32 inputs (label inputs: classes), one per net input, from ``seed``."""
+    return judge_random_inputs(net, seed)
 
 
 def run_parity(prototxt: str, weights: str, backend: str,
                input_shapes: Optional[Mapping[str, Sequence[int]]] = None, seed: int = 0,
-               atol: float = 1e-4, rtol: float = 1e-4, caffe_python: Optional[str] = None
-               ) -> ParityReport:
+               atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, caffe_python: Optional[str] = None,
+               slack: float = DEFAULT_SLACK) -> ParityReport:
     """Compare every blob of our module against ``backend`` on seeded random inputs.
 
-    ``input_shapes``: input blob -> shape overriding the prototxt's.  Blobs
-    the backend cannot show are ``missing`` (a failure) for caffe and
-    onnxruntime and ``skipped`` for opencv, unless they are net outputs.
+    Our module also runs in float64 on the same inputs; each blob is judged by
+    how far the backend is from that reference next to how far our own float32
+    run is (``caffe_compat.judge``).  ``input_shapes``: input blob -> shape
+    overriding the prototxt's.  Blobs the backend cannot show are ``missing``
+    (a failure) for caffe and onnxruntime and ``skipped`` for opencv, unless
+    they are net outputs.
     """
     import torch
 
@@ -327,8 +361,14 @@ def run_parity(prototxt: str, weights: str, backend: str,
 
     if backend not in BACKENDS:
         raise UnsupportedParameter(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    from .errors import CaffeCompatError
+    from .net import name_file
+
     param = _parse_net_file(prototxt)
-    net = load_net(param, weights=weights, phase="TEST", input_shapes=input_shapes)
+    try:
+        net = load_net(param, weights=weights, phase="TEST", input_shapes=input_shapes)
+    except CaffeCompatError as e:
+        raise name_file(e, os.fspath(prototxt))
     net.eval()
     _feedable_inputs(param, net, backend)
     inputs = random_inputs(net, seed)
@@ -336,6 +376,7 @@ def run_parity(prototxt: str, weights: str, backend: str,
     with torch.no_grad():
         ours = {k: v.detach().cpu().numpy() for k, v in net.forward_all(**{
             n: torch.from_numpy(a) for n, a in inputs.items()}).items()}
+    exact = float64_forward(net, inputs)
 
     _set_input_shapes(param, {n: a.shape for n, a in inputs.items()})
     text = to_ceil_mode_text(format_text(param))
@@ -354,34 +395,48 @@ def run_parity(prototxt: str, weights: str, backend: str,
             for t in lp.top:
                 note_by_blob[t] = f"{lp.name}: {notes[lp.name]}"
     report = ParityReport(backend, os.fspath(prototxt), os.fspath(weights), seed, atol, rtol,
-                          {n: tuple(a.shape) for n, a in inputs.items()}, notes=notes)
+                          {n: tuple(a.shape) for n, a in inputs.items()}, notes=notes, slack=slack,
+                          input_law=input_laws(net),
+                          input_text=describe_inputs(inputs, input_laws(net), seed))
     for name, a in ours.items():
         lenient = backend == "opencv" and name not in net.outputs
         report.blobs.append(compare_blob(name, a, ref.get(name), atol, rtol,
-                                         "skipped" if lenient else "missing", note_by_blob.get(name)))
+                                         "skipped" if lenient else "missing", note_by_blob.get(name),
+                                         exact=exact.get(name), slack=slack))
     return report
 
 
-def format_table(report: ParityReport) -> str:
-    """The human-readable report: one row per blob, then a verdict line."""
-    def num(x: Optional[float]) -> str:
-        return "-" if x is None else f"{x:.3g}"
+def _num(x: Optional[float]) -> str:
+    return "-" if x is None else f"{x:.3g}"
 
-    rows = [("blob", "shape", "max abs err", "max rel err", "ok")]
+
+def format_table(report: ParityReport) -> str:
+    """The human-readable report: the inputs, one row per blob, then a verdict line.
+
+    Columns: the blob's scale (max |float64 value|), our float32 and the
+    backend's distance from float64 relative to it, the distance allowed, the verdict.
+    """
+    b_col = f"{report.backend} vs f64"
+    rows = [("blob", "shape", "scale", "ours32 vs f64", b_col, "allowed", "ok")]
     for b in report.blobs:
         shape = "x".join(str(d) for d in b.shape)
         if b.status == "shape":
             shape += f" (ref {'x'.join(str(d) for d in b.ref_shape)})"
         verdict = {"ok": "yes", "mismatch": "NO", "shape": "NO (shape)", "missing": "NO (missing)",
                    "skipped": "n/a"}[b.status]
-        rows.append((b.name, shape, num(b.max_abs_err), num(b.max_rel_err),
-                     verdict + (" *" if b.note else "")))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        rows.append((b.name, shape, _num(b.scale), _num(b.ours_f64_err), _num(b.ref_f64_err),
+                     _num(b.limit), verdict + (" *" if b.note else "")))
+    n = len(rows[0])
+    widths = [max(len(r[i]) for r in rows) for i in range(n)]
     lines = [f"parity vs {report.backend}: {report.prototxt} + {report.weights}",
-             "inputs: " + ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in report.inputs.items())
-             + f" (seed {report.seed}); tolerance |a-b| <= {report.atol:g} + {report.rtol:g}*|ref|"]
+             report.input_text or "inputs: " + ", ".join(
+                 f"{k} {'x'.join(map(str, v))}" for k, v in report.inputs.items()),
+             f"judged against our module in float64: a blob agrees when {report.backend}'s distance "
+             f"from float64 is <= {report.rtol:g}{f' + {report.atol:g}/scale' if report.atol else ''} + "
+             f"{report.slack:g} x our "
+             f"float32 distance (all relative to the blob's scale, max |f64|)"]
     for i, r in enumerate(rows):
-        lines.append("  ".join(c.ljust(w) if j < 2 else c.rjust(w) if j < 4 else c
+        lines.append("  ".join(c.ljust(w) if j < 2 else c.rjust(w) if j < n - 1 else c
                                for j, (c, w) in enumerate(zip(r, widths))))
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
@@ -390,7 +445,8 @@ def format_table(report: ParityReport) -> str:
     failed = [b.name for b in report.blobs if not b.ok]
     compared = sum(b.status in ("ok", "mismatch", "shape") for b in report.blobs)
     if report.ok:
-        lines.append(f"OK: {compared} blobs within tolerance")
+        lines.append(f"OK: {compared} blobs agree within float32 rounding")
     else:
-        lines.append(f"FAILED: {len(failed)} of {len(report.blobs)} blobs: {', '.join(failed) or '(none compared)'}")
+        lines.append(f"FAILED: {len(failed)} of {len(report.blobs)} blobs differ beyond float32 "
+                     f"rounding: {', '.join(failed) or '(none compared)'}")
     return "\n".join(lines)

@@ -83,8 +83,11 @@ def _token_at(text: str, line: int, column: int) -> Tuple[str, bool]:
 def _explain(err: text_format.ParseError) -> Tuple[str, Optional[str]]:
     """Turn protobuf's message into (our message, the field name if unknown)."""
     raw = str(err)
-    raw = re.sub(r"^\d+:\d+ : ", "", raw)
-    raw = _RE_QUOTED_LINE.sub("", raw)
+    raw = re.sub(r"^\d+:\d+ : ", "", raw[:200]) + raw[200:]
+    if raw.startswith("'") and "': " in raw:   # the quoted source line (split: no backtracking)
+        raw = raw.split("': ", 1)[1]
+    if len(raw) > 400:   # a huge unclosed string is quoted whole; the start says enough
+        raw = raw[:400] + " ..."
     m = _RE_UNKNOWN_FIELD.search(raw)
     if m:
         msg_type, name = m.group(1), m.group(2)
@@ -123,10 +126,13 @@ def parse_text(text: str, message_type, path: Optional[str] = None) -> Message:
     except text_format.ParseError as e:
         line, col = e.GetLine(), e.GetColumn()
         what, _ = _explain(e)
+        if len(what) > 400:   # an unclosed string is quoted whole
+            what = what[:400] + " ..."
         if line is None:
             raise TextFormatError(f"cannot parse as {_short_type(msg.DESCRIPTOR.full_name)}: {what}",
                                   path) from None
         token, last = _token_at(text, line, col)
+        token = token if len(token) <= 80 else token[:80] + "..."
         if last and what.startswith("Expected") and "found" not in what and " got " not in what:
             # text_format reports a premature end at the last token it read
             shown, token = f"{what}, found end of input after '{token}'", "end of input"

@@ -164,10 +164,10 @@ def _read_safetensors(path: str) -> WeightSet:
     order, types = keys, {}
     if METADATA_KEY in meta:
         try:
-            layers = json.loads(meta[METADATA_KEY])
+            layers = _layer_table(meta[METADATA_KEY], len(keys))
             order = [f"{n}.{i}" for n, _t, c in layers for i in range(int(c))]
             types = {n: str(t) for n, t, _c in layers}
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, RecursionError) as e:
             raise CaffeFormatError(f"metadata {METADATA_KEY!r} is not a JSON list of "
                                    f"[name, type, count] ({e})", path) from None
         if sorted(order) != sorted(keys):
@@ -177,15 +177,42 @@ def _read_safetensors(path: str) -> WeightSet:
     return _group(((k, arrays[k]) for k in order), path, types)
 
 
+def _layer_table(text: str, n_tensors: int) -> list:
+    """The metadata's [[name, type, count], ...], bounded: no deep nesting, counts that fit the file."""
+    if len(text) > 64 * max(1, n_tensors) + 4096:
+        raise ValueError(f"{len(text)} characters for {n_tensors} tensors")
+    depth = most = 0
+    for ch in text:   # json.loads recurses once per '[': refuse deep nesting before it does
+        if ch in "[{":
+            depth += 1
+            most = max(most, depth)
+            if most > 3:
+                raise ValueError("nested deeper than [[name, type, count]]")
+        elif ch in "]}":
+            depth -= 1
+    layers = json.loads(text)
+    if not isinstance(layers, list) or not all(isinstance(e, list) and len(e) == 3 for e in layers):
+        raise ValueError("not a list of 3-item lists")
+    total = 0
+    for _n, _t, c in layers:
+        if not isinstance(c, int) or isinstance(c, bool) or not 0 <= c <= n_tensors:
+            raise ValueError(f"count {str(c)[:20]!r} is not an integer in [0, {n_tensors}]")
+        total += c
+    if total > n_tensors:
+        raise ValueError(f"the counts add up to {total}, more than the {n_tensors} tensors held")
+    return layers
+
+
 def _read_pt(path: str) -> WeightSet:
-    import pickle
 
     import torch
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except Exception as e:  # noqa: BLE001 - a damaged zip/pickle raises anything (KeyError, ...)
         raise CaffeFormatError(f"not a plain tensor state_dict (loaded with weights_only=True): "
-                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}", path) from None
+                               f"{(str(e).splitlines() or [type(e).__name__])[0][:300]}", path) from None
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CaffeFormatError("expected a dict of tensors (a state_dict)", path)
     items = []

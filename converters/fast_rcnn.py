@@ -44,7 +44,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from caffe_compat.errors import ShapeError, UnsupportedParameter
+from caffe_compat.errors import MissingFile, ShapeError, UnsupportedParameter
 
 from .convert import LayerWeights, WeightSet, read_weights
 from .surgery import ReinitSpec, fill_blob
@@ -267,6 +267,9 @@ def _read_target(target: str):
     if target in BUILTIN_TARGETS:
         return frcnn_target(target), f"built-in {target}", None
     from caffe_compat.io import read_net
+    if not os.path.exists(target) and not target.endswith((".prototxt", ".pt", ".txt")):
+        raise UnsupportedParameter(f"--target {target!r}: not a built-in target ({', '.join(BUILTIN_TARGETS)}) "
+                                   f"and no such prototxt file")
     got = read_net(target)
     return (got[0] if isinstance(got, tuple) else got), target, os.fspath(target)
 
@@ -313,9 +316,9 @@ def _parse_source(source: str) -> Tuple[Optional[str], str]:
     head, sep, tail = source.rpartition(":")
     if sep and head.endswith(".prototxt"):
         if not os.path.exists(head):
-            raise FileNotFoundError(f"source prototxt {head} does not exist")
+            raise MissingFile(f"source prototxt {head} does not exist")
         return head, tail
-    raise FileNotFoundError(f"source {source}: no such file (give WEIGHTS or PROTOTXT:WEIGHTS)")
+    raise MissingFile(f"source {source}: no such file (give WEIGHTS or PROTOTXT:WEIGHTS)")
 
 
 def _check_source_prototxt(prototxt: str, ws: Sequence[LayerWeights]) -> None:

@@ -33,6 +33,7 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from caffe_compat.errors import UnsupportedParameter
+from caffe_compat.judge import DEFAULT_RTOL, DEFAULT_SLACK
 
 MIN_OPSET = 13
 DEFAULT_OPSET = 17
@@ -75,9 +76,17 @@ def onnx_friendly(net) -> Iterator[None]:
 
     from caffe_compat.layers.convolution import _BaseConv
 
+    from caffe_compat.layers.pooling import Pooling
+
     fn = _lrn_function()
     patched = []
+    explicit = []
     for m in net.modules():
+        if isinstance(m, Pooling) and not m.plain_ceil_agrees():
+            # ONNX's ceil_mode keeps a last window that starts in the right padding; PyTorch and
+            # Caffe drop it: pad explicitly so that ONNX visits Caffe's windows
+            m.explicit_padding(True)
+            explicit.append(m)
         if isinstance(m, LRN) and m.region == ACROSS_CHANNELS:
             m._caffekt_forward = m.forward
             m.forward = (lambda mod: (lambda x: fn.apply(x, mod)))(m)
@@ -91,6 +100,8 @@ def onnx_friendly(net) -> Iterator[None]:
     try:
         yield
     finally:
+        for m in explicit:
+            m.explicit_padding(False)
         for m in patched:
             m.forward = m._caffekt_forward
             del m._caffekt_forward
@@ -132,7 +143,9 @@ def export_net(net, f, outputs: Optional[Sequence[str]] = None, opset: int = DEF
             return tuple(blobs[n] for n in names)
 
     xs = tuple(torch.zeros((batch,) + tuple(net.blob_shapes[n][1:])) for n in in_names)
-    dyn = {n: {0: "batch"} for n in in_names + out_names}
+    dyn = {n: {0: "batch"} for n in in_names}
+    # scalar outputs (a loss, an accuracy) have no batch axis
+    dyn.update({o: {0: "batch"} for o, n in zip(out_names, names) if len(net.blob_shapes[n])})
     was_training = net.training
     net.eval()
     try:
@@ -157,6 +170,9 @@ class OutputCheck:
     max_abs_err: float
     max_rel_err: float   # max |onnx - ours| / max |ours|
     ok: bool
+    ours_f64_err: float = 0.0   # max |ours32 - f64| / scale (caffe_compat.judge)
+    onnx_f64_err: float = 0.0   # max |onnx - f64| / scale
+    limit: float = 0.0          # what onnx_f64_err may reach
 
 
 @dataclass
@@ -167,46 +183,67 @@ class OnnxReport:
     opset: int
     inputs: Dict[str, Tuple[int, ...]]
     outputs: List[OutputCheck] = field(default_factory=list)
-    rtol: float = 1e-5
+    rtol: float = DEFAULT_RTOL
     checker: str = "not run"
     written: bool = False
     nbytes: int = 0
     ops: Dict[str, int] = field(default_factory=dict)
+    slack: float = DEFAULT_SLACK
+    dropped: List[str] = field(default_factory=list)   # layers left out of a train/test net's deploy form
+    input_text: str = ""
 
     @property
     def ok(self) -> bool:
         return self.checker == "ok" and bool(self.outputs) and all(o.ok for o in self.outputs)
 
     def __str__(self) -> str:
-        lines = [f"ONNX opset {self.opset}: {self.path} ({'written, ' + str(self.nbytes) + ' bytes' if self.written else 'NOT written'})",
-                 f"onnx.checker: {self.checker}",
-                 "checked in onnxruntime on random inputs " +
-                 ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in self.inputs.items()) +
-                 f" (batch axis dynamic); tolerance max|diff| <= {self.rtol:g} * max|ours|"]
+        lines = [f"ONNX opset {self.opset}: {self.path} ({'written, ' + str(self.nbytes) + ' bytes' if self.written else 'NOT written'})"]
+        if self.dropped:
+            lines.append(f"deploy form exported; dropped {len(self.dropped)} layer(s) that need labels "
+                         f"or data: {', '.join(self.dropped)} (--keep-losses keeps losses and accuracy)")
+        lines += [f"onnx.checker: {self.checker}",
+                  "checked in onnxruntime (batch axis dynamic) against our module in float64 on random inputs:",
+                  self.input_text or ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in self.inputs.items()),
+                  f"an output agrees when |onnx - f64| <= {self.rtol:g} + {self.slack:g} x |ours32 - f64| "
+                  f"(max over the output, relative to its max |f64|)"]
         for o in self.outputs:
-            lines.append(f"  {o.name:<20} {'x'.join(map(str, o.shape)):<16} max abs {o.max_abs_err:.3g}  "
-                         f"rel {o.max_rel_err:.3g}  {'ok' if o.ok else 'MISMATCH'}")
-        lines.append("OK" if self.ok else "FAILED: onnxruntime does not reproduce the net")
+            lines.append(f"  {o.name:<20} {'x'.join(map(str, o.shape)):<16} ours32 vs f64 {o.ours_f64_err:.3g}  "
+                         f"onnx vs f64 {o.onnx_f64_err:.3g}  allowed {o.limit:.3g}  "
+                         f"{'ok' if o.ok else 'MISMATCH'}")
+        lines.append("OK: onnxruntime agrees within float32 rounding" if self.ok
+                     else "FAILED: onnxruntime does not reproduce the net")
         return "\n".join(lines)
 
 
-def _compare(name: str, ours: np.ndarray, got: np.ndarray, rtol: float) -> OutputCheck:
+def _compare(name: str, ours: np.ndarray, got: np.ndarray, exact: np.ndarray, rtol: float,
+             slack: float) -> OutputCheck:
+    from caffe_compat.judge import judge
     if tuple(got.shape) != tuple(ours.shape):
-        return OutputCheck(name, tuple(ours.shape), float("inf"), float("inf"), False)
+        return OutputCheck(name, tuple(ours.shape), float("inf"), float("inf"), False,
+                           0.0, float("inf"), 0.0)
     a, b = got.astype(np.float64), ours.astype(np.float64)
-    err = float(np.max(np.abs(a - b))) if a.size else 0.0
+    with np.errstate(invalid="ignore", over="ignore"):
+        err = float(np.max(np.abs(a - b))) if a.size else 0.0
     scale = float(np.max(np.abs(b))) if b.size else 0.0
     rel = err / scale if scale > 0 else err
-    good = bool(np.isfinite(a).all() == np.isfinite(b).all()) and rel <= rtol
-    return OutputCheck(name, tuple(ours.shape), err, rel, good)
+    d = judge(ours, got, exact, rtol=rtol, slack=slack)
+    return OutputCheck(name, tuple(ours.shape), err, rel, d.ok, d.ours, d.other, d.limit)
 
 
 def check_onnx(model_bytes: bytes, net, names: Sequence[str], onnx_names: Sequence[str],
-               batch: int = 2, seed: int = 0, rtol: float = 1e-5) -> Tuple[str, List[OutputCheck], Dict]:
-    """(checker verdict, per-output comparison, input shapes): ONNX in onnxruntime vs ``net``."""
+               batch: int = 2, seed: int = 0, rtol: float = DEFAULT_RTOL,
+               slack: float = DEFAULT_SLACK) -> Tuple[str, List[OutputCheck], Dict]:
+    """(checker verdict, per-output comparison, input shapes): ONNX in onnxruntime vs ``net``.
+
+    The inputs are ``judge.random_inputs(net, seed, batch)``.
+
+    Each output is judged against ``net`` run in float64 (``caffe_compat.judge``).
+    """
     import onnx
     import onnxruntime as ort
     import torch
+
+    from caffe_compat.judge import float64_forward
 
     try:
         model = onnx.load_from_string(model_bytes)
@@ -214,15 +251,16 @@ def check_onnx(model_bytes: bytes, net, names: Sequence[str], onnx_names: Sequen
         verdict = "ok"
     except Exception as e:  # the checker's own exception types vary by version
         return f"failed: {e}", [], {}
-    rng = np.random.default_rng(seed)
-    feed = {n: rng.standard_normal((batch,) + tuple(net.blob_shapes[n][1:])).astype(np.float32)
-            for n in net.inputs}
+    from caffe_compat.judge import random_inputs
+
+    feed = random_inputs(net, seed, batch=batch)
     sess = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
     got = sess.run(list(onnx_names), feed)
     net.eval()
     with torch.no_grad():
         blobs = net.forward_all(**{k: torch.from_numpy(v) for k, v in feed.items()})
-    checks = [_compare(n, blobs[n].numpy(), g, rtol) for n, g in zip(names, got)]
+    exact = float64_forward(net, feed)
+    checks = [_compare(n, blobs[n].numpy(), g, exact[n], rtol, slack) for n, g in zip(names, got)]
     return verdict, checks, {k: v.shape for k, v in feed.items()}
 
 
@@ -235,28 +273,150 @@ def op_counts(model_bytes: bytes) -> Dict[str, int]:
     return counts
 
 
+_LOSSY = ("Accuracy",)
+
+
+def _is_loss(lp) -> bool:
+    return lp.type.endswith("Loss") or lp.type in _LOSSY
+
+
+def export_form(prototxt, keep_losses: bool = False,
+                input_shapes: Optional[Mapping[str, Sequence[int]]] = None):
+    """(NetParameter, path, dropped layer names): the net ONNX gets.
+
+    A deploy net is exported as it is.  A train/test net (data layers other
+    than Input, or losses) is exported in its deploy form
+    (``rescale.deploy_form``): TEST phase, data layers replaced by one Input
+    layer, layers that need labels dropped (``keep_losses``: kept, with the
+    labels as inputs).
+    """
+    from caffe_compat.net import PHASES, _read_param, filter_layers
+
+    from .rescale import _DATA_TYPES, deploy_form
+
+    param, path = _read_param(prototxt)
+    kept = filter_layers(param, PHASES["TEST"], 0, list(param.state.stage), path)
+    is_data = [(lp.type in _DATA_TYPES or (lp.type == "Python" and not len(lp.bottom)))
+               for lp in kept]
+    needs = any(d and lp.type != "Input" for lp, d in zip(kept, is_data)) or \
+        (not keep_losses and any(_is_loss(lp) for lp in kept)) or len(kept) != len(param.layer)
+    if not needs:
+        return param, path, []
+    form = deploy_form(param, path, input_shapes, keep_losses=keep_losses)
+    names = {lp.name for lp in form.layer}
+    dropped = [lp.name for lp, d in zip(kept, is_data) if not d and lp.name not in names]
+    return form, path, dropped
+
+
+def _layer_outputs(net, feed) -> Dict[str, object]:
+    """Layer name -> its output, for the layers that ran before any error."""
+    import torch
+
+    seen: Dict[str, object] = {}
+    hooks = [net.layer_modules[st.key].register_forward_hook(
+        (lambda name: lambda _m, _i, out: seen.__setitem__(name, out))(name))
+        for name, st in zip(net.layer_names, net._steps)]
+    try:
+        with torch.no_grad():
+            net.eval().forward_all(**feed)
+    except Exception:   # noqa: BLE001 - the layer that raised is the first one missing
+        pass
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def _same(a, b) -> bool:
+    import torch
+    a = a if isinstance(a, (tuple, list)) else (a,)
+    b = b if isinstance(b, (tuple, list)) else (b,)
+    return len(a) == len(b) and all(
+        tuple(x.shape) == tuple(y.shape) and
+        torch.allclose(x.double(), y.double(), rtol=1e-4, atol=1e-6, equal_nan=True)
+        for x, y in zip(a, b))
+
+
+def batch_dependent_layer(form, state: Mapping, shapes: Mapping[str, Sequence[int]], batch: int,
+                          path: Optional[str] = None, python_layers: str = "refuse") -> Optional[str]:
+    """The first layer whose output at ``batch`` differs from the same layer built for ``batch``.
+
+    A net built for one batch and run at another is what a traced graph with a
+    dynamic batch axis does; a layer that keeps its setup batch shows here.
+    """
+    import torch
+
+    from caffe_compat.judge import random_inputs
+    from caffe_compat.net import Net
+
+    built = Net(form, phase="TEST", input_shapes=shapes, python_layers=python_layers, path=path)
+    other = Net(form, phase="TEST", python_layers=python_layers, path=path,
+                input_shapes={k: (batch,) + tuple(v[1:]) for k, v in shapes.items()})
+    built.load_state_dict(state)
+    other.load_state_dict(state)
+    feed = {k: torch.from_numpy(v) for k, v in random_inputs(other, 0).items()}
+    want, got = _layer_outputs(other, feed), _layer_outputs(built, feed)
+    for name in built.layer_names:
+        if name in want and (name not in got or not _same(got[name], want[name])):
+            return name
+    return None
+
+
 def export_onnx_file(prototxt, weights, out: str, opset: int = DEFAULT_OPSET,
                      input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
-                     outputs: Optional[Sequence[str]] = None, rtol: float = 1e-5,
+                     outputs: Optional[Sequence[str]] = None, rtol: float = DEFAULT_RTOL,
                      seed: int = 0, check_batch: int = 2, write_on_mismatch: bool = False,
-                     python_layers: str = "refuse") -> OnnxReport:
+                     python_layers: str = "refuse", keep_losses: bool = False,
+                     slack: float = DEFAULT_SLACK) -> OnnxReport:
     """Build ``prototxt`` + ``weights`` (TEST phase), export, check, and write ``out`` atomically.
 
-    ``weights`` may be None (filler values; useful only for testing the graph).
-    The file is written only if the check passes (or ``write_on_mismatch``).
+    A train/test net exports its deploy form (``export_form``).  ``weights``
+    may be None (filler values; useful only for testing the graph).  The file
+    is written only if the check passes (or ``write_on_mismatch``).  A layer
+    that only works at the batch it was built for is refused by name.
     """
     from caffe_compat.files import atomic_output
+    from caffe_compat.judge import describe_inputs, input_laws, random_inputs
     from caffe_compat.net import load_net
 
-    net = load_net(prototxt, weights=weights, phase="TEST", input_shapes=input_shapes,
-                   python_layers=python_layers)
+    from caffe_compat.errors import CaffeCompatError
+    from caffe_compat.net import name_file
+
+    form, path, dropped = export_form(prototxt, keep_losses, input_shapes)
+    try:
+        net = load_net(form, weights=weights, phase="TEST", input_shapes=input_shapes,
+                       python_layers=python_layers)
+    except CaffeCompatError as e:
+        raise name_file(e, path)
+    net.path = path
     net.eval()
     buf = io.BytesIO()
     names = export_net(net, buf, outputs=outputs, opset=opset)
     data = buf.getvalue()
-    verdict, checks, shapes = check_onnx(data, net, names, names, batch=check_batch, seed=seed,
-                                         rtol=rtol)
-    report = OnnxReport(os.fspath(out), opset, shapes, checks, rtol, verdict, ops=op_counts(data))
+    try:
+        verdict, checks, shapes = check_onnx(data, net, names, names, batch=check_batch, seed=seed,
+                                           rtol=rtol, slack=slack)
+        failed = not all(c.ok for c in checks)
+    except Exception as e:  # noqa: BLE001 - onnxruntime's errors are not typed; decided below
+        failed, err = True, e
+    else:
+        err = None
+    if failed:
+        shapes = {k: net.blob_shapes[k] for k in net.inputs}
+        bad = batch_dependent_layer(form, net.state_dict(), shapes, check_batch, path, python_layers)
+        if bad is not None:
+            i = net.layer_names.index(bad)
+            raise UnsupportedParameter(f"{path or 'net'}: layer {bad!r} (type {net.layer_types[i]}) "
+                                       f"only works at the batch it was built for, so it cannot be "
+                                       f"exported with a dynamic batch; leave it out (without "
+                                       f"--keep-losses) or use --output-blob")
+        if err is not None:
+            raise UnsupportedParameter(f"{path or 'net'}: onnxruntime cannot run the exported graph: "
+                                       f"{str(err)[:300]}") from err
+    feed = random_inputs(net, seed, batch=check_batch)   # what check_onnx ran on
+    report = OnnxReport(os.fspath(out), opset, shapes, checks, rtol,
+                        verdict, ops=op_counts(data), slack=slack, dropped=dropped,
+                        input_text=describe_inputs(feed, input_laws(net), seed))
     if report.ok or write_on_mismatch:
         with atomic_output(os.fspath(out)) as f:
             f.write(data)
@@ -264,5 +424,5 @@ def export_onnx_file(prototxt, weights, out: str, opset: int = DEFAULT_OPSET,
     return report
 
 
-__all__ = ["export_net", "export_onnx_file", "check_onnx", "onnx_friendly", "op_counts",
+__all__ = ["export_net", "export_onnx_file", "export_form", "batch_dependent_layer", "check_onnx", "onnx_friendly", "op_counts",
            "OnnxReport", "OutputCheck", "MIN_OPSET", "DEFAULT_OPSET"]

@@ -108,8 +108,34 @@ def load_images(paths: Sequence[str], size: int,
 
 # ------------------------------------------------------------------ the nets
 
+def _declared_shape(lp, i: int) -> Optional[Tuple[int, ...]]:
+    """Top ``i``'s shape as the data layer declares it (``layers.input``), unknowns filled in:
+    batch 1, channels 3 (x siamese_size for the Jigsaw++ tiles), sides 224; None if unknown."""
+    from caffe_compat.layers import _registry
+    from caffe_compat.layers.input import NetInput
+
+    try:
+        cls = _registry.get(lp.type, lp.name)
+    except Exception:   # noqa: BLE001 - an unregistered type: the caller guesses
+        return None
+    if not (isinstance(cls, type) and issubclass(cls, NetInput)) or lp.type == "Input":
+        return None
+    probe = cls.__new__(cls)
+    probe.lp, probe.layer_name = lp, lp.name
+    try:
+        declared = probe.declared_shapes()
+    except Exception:   # noqa: BLE001 - a malformed layer: the net build reports it
+        return None
+    if i >= len(declared) or declared[i] is None:
+        return None
+    siamese = int(getattr(lp.transform_param, "siamese_size", 1) or 1)
+    fill = [1, 3 * siamese] + [_DEFAULT_DATA] * 8
+    dims = [int(d) if d is not None else fill[min(j, len(fill) - 1)] for j, d in enumerate(declared[i])]
+    return tuple([1] + dims[1:]) if dims else ()   # batch 1: the deploy form's batch is dynamic
+
+
 def deploy_form(param, path: Optional[str] = None,
-                input_shapes: Optional[Mapping[str, Sequence[int]]] = None):
+                input_shapes: Optional[Mapping[str, Sequence[int]]] = None, keep_losses: bool = False):
     """The target's deploy net: its TEST-phase layers, data layers replaced by one Input layer.
 
     * Data layers (Input, Data, ImageData, HDF5Data, MemoryData, WindowData,
@@ -123,6 +149,8 @@ def deploy_form(param, path: Optional[str] = None,
       ``Softmax`` on its scores (``cls_score`` -> ``cls_prob``, else
       ``<bottom>_prob``), as Fast R-CNN's test.prototxt has.
     * include/exclude rules are cleared (the net is already the TEST one).
+    * ``keep_losses``: Loss and Accuracy layers stay, and every data top
+      they read (labels) becomes an input as well.
     """
     from caffe_compat.net import PHASES, filter_layers
     from caffe_compat.proto import caffe_pb2
@@ -136,8 +164,11 @@ def deploy_form(param, path: Optional[str] = None,
             in_shapes = list(lp.input_param.shape) if lp.type == "Input" else []
             for i, t in enumerate(lp.top):
                 data_tops.append(t)
+                declared = _declared_shape(lp, i)
                 if in_shapes:
                     shapes[t] = tuple(int(d) for d in in_shapes[0 if len(in_shapes) == 1 else i].dim)
+                elif declared is not None:
+                    shapes[t] = declared
                 elif t == "data":
                     s = int(lp.transform_param.crop_size) or _DEFAULT_DATA
                     shapes[t] = (1, 3, s, s)
@@ -148,7 +179,7 @@ def deploy_form(param, path: Optional[str] = None,
         else:
             rest.append(lp)
     shapes.update({k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()})
-    is_loss = [lp.type.endswith("Loss") or lp.type == "Accuracy" for lp in rest]
+    is_loss = [not keep_losses and (lp.type.endswith("Loss") or lp.type == "Accuracy") for lp in rest]
     read = {b for lp, loss in zip(rest, is_loss) if not loss for b in lp.bottom}
     dead = {t for t in data_tops if t not in read}
     layers = []

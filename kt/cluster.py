@@ -13,7 +13,7 @@ from typing import Optional
 
 import numpy as np
 
-from caffe_compat.errors import CaffeCompatError
+from caffe_compat.errors import CaffeCompatError, UnsupportedParameter
 
 
 @dataclass
@@ -61,7 +61,7 @@ def kmeans(features: np.ndarray, k: int, seed: int = 0, niter: int = 20, nredo: 
     if init == "auto":
         init = "kmeans++" if len(train) * k * d <= 2e9 else "random"
     if init not in ("kmeans++", "random"):
-        raise ValueError(f"init must be 'kmeans++', 'random' or 'auto', got {init!r}")
+        raise UnsupportedParameter(f"init must be 'kmeans++', 'random' or 'auto', got {init!r}")
     km.train(train, init_centroids=kmeans_pp_init(train, k, rng) if init == "kmeans++" else None)
     labels = np.empty(n, dtype=np.int64)
     obj = 0.0

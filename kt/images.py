@@ -27,7 +27,7 @@ import numpy as np
 
 from caffe_compat.files import read_json, write_json
 from caffe_compat.data.sources import list_image_paths
-from caffe_compat.errors import CaffeFormatError
+from caffe_compat.errors import CaffeFormatError, UnsupportedParameter
 
 from .puzzle import STORED, stored_image
 
@@ -196,7 +196,7 @@ class ArrayImages:
     def __init__(self, array: np.ndarray, sources: Optional[Sequence[str]] = None):
         array = np.asarray(array)
         if array.ndim != 4 or array.shape[1:] != (STORED, STORED, 3) or array.dtype != np.uint8:
-            raise ValueError(f"expected (n, {STORED}, {STORED}, 3) uint8, got {array.shape} {array.dtype}")
+            raise UnsupportedParameter(f"expected (n, {STORED}, {STORED}, 3) uint8, got {array.shape} {array.dtype}")
         self.array = array
         self.sources = list(sources) if sources is not None else [f"#{i}" for i in range(len(array))]
 
@@ -251,7 +251,7 @@ def open_images(images: Optional[str] = None, stored: Optional[str] = None, *,
     ``prep_into``, ``images`` are first stored there (``prep_stored``, resumable)
     and the stored images are returned."""
     if (images is None) == (stored is None):
-        raise ValueError("give exactly one of images= (folder or list) and stored= (prep output or LMDB)")
+        raise UnsupportedParameter("give exactly one of images= (folder or list) and stored= (prep output or LMDB)")
     if stored is not None:
         return LMDBImages(stored) if is_lmdb(stored) else StoredImages(stored)
     if prep_into is not None:

@@ -14,7 +14,7 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
-from caffe_compat.errors import CaffeFormatError
+from caffe_compat.errors import CaffeFormatError, MissingFile, UnsupportedParameter
 
 
 def _atomic_write_bytes(path: str, data: bytes) -> None:
@@ -31,11 +31,11 @@ def _atomic_write_bytes(path: str, data: bytes) -> None:
 def write_list(path: str, names: Sequence[str], labels: Sequence[int]) -> None:
     """Write an ImageData list / pseudo-label text file, atomically."""
     if len(names) != len(labels):
-        raise ValueError(f"{len(names)} names but {len(labels)} labels")
+        raise UnsupportedParameter(f"{len(names)} names but {len(labels)} labels")
     lines = []
     for n, l in zip(names, labels):
         if "\n" in n:
-            raise ValueError(f"image name with a newline cannot be listed: {n!r}")
+            raise UnsupportedParameter(f"image name with a newline cannot be listed: {n!r}")
         lines.append(f"{n} {int(l)}\n")
     _atomic_write_bytes(path, "".join(lines).encode())
 
@@ -48,7 +48,7 @@ def read_list(path: str) -> Tuple[List[str], np.ndarray]:
     except CaffeFormatError as e:
         if e.where is None:   # unreadable file: keep the OSError kinds callers expect
             if not os.path.exists(path):
-                raise FileNotFoundError(2, "No such file or directory", path) from None
+                raise MissingFile(2, "No such file or directory", path) from None
             raise
         # this module's messages name the line only (``line N``), not the column
         raise CaffeFormatError(e.detail, path, e.where.split(":")[0]) from None
@@ -59,9 +59,9 @@ def write_labels_bin(path: str, labels: Sequence[int]) -> None:
     """The fork's ``labels.bin``: int32 count, then int32 labels (little-endian)."""
     arr = np.asarray(labels, dtype=np.int64)
     if arr.ndim != 1:
-        raise ValueError("labels must be one-dimensional")
+        raise UnsupportedParameter("labels must be one-dimensional")
     if arr.size and (arr.min() < -2**31 or arr.max() >= 2**31):
-        raise ValueError("labels must fit in int32")
+        raise UnsupportedParameter("labels must fit in int32")
     _atomic_write_bytes(path, np.concatenate([[arr.size], arr]).astype("<i4").tobytes())
 
 

@@ -10,6 +10,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 from caffe_compat.files import atomic_output
+from caffe_compat.errors import CaffeCompatError
 
 
 def _write_png_bytes(path: str, data: bytes) -> None:
@@ -49,7 +50,7 @@ def cluster_montage(images: Sequence[str], labels: np.ndarray, out_png: str, *, 
                 cv2.resize(sq, (thumb, thumb), interpolation=cv2.INTER_AREA)
     ok, buf = cv2.imencode(".png", canvas)
     if not ok:  # pragma: no cover - OpenCV without PNG support
-        raise RuntimeError("OpenCV could not encode PNG")
+        raise CaffeCompatError("OpenCV could not encode PNG")
     _write_png_bytes(out_png, buf.tobytes())
     return len(order)
 

@@ -20,7 +20,7 @@ from typing import Dict
 import numpy as np
 
 from caffe_compat.data.jps import check_table, read_hash_file
-from caffe_compat.errors import CaffeFormatError
+from caffe_compat.errors import CaffeFormatError, UnsupportedParameter
 
 
 
@@ -73,12 +73,12 @@ def hamming_stats(perms: np.ndarray) -> Dict[str, float]:
 def generate_permutations(n: int, variant: str = "max_avg", seed: int = 0, tiles: int = 9) -> np.ndarray:
     """Greedy maximal-Hamming set of ``n`` permutations of ``tiles`` (ECCV'16 Algorithm 1)."""
     if variant not in ("max_avg", "max_min"):
-        raise ValueError(f"variant must be 'max_avg' or 'max_min', got {variant!r}")
+        raise UnsupportedParameter(f"variant must be 'max_avg' or 'max_min', got {variant!r}")
     if tiles > 10:
-        raise ValueError("greedy search enumerates all tiles! permutations; tiles must be <= 10")
+        raise UnsupportedParameter("greedy search enumerates all tiles! permutations; tiles must be <= 10")
     pool = np.array(list(itertools.permutations(range(tiles))), dtype=np.uint8)
     if not 1 <= n <= len(pool):
-        raise ValueError(f"n must be in 1..{len(pool)}, got {n}")
+        raise UnsupportedParameter(f"n must be in 1..{len(pool)}, got {n}")
     rng = np.random.default_rng(seed)
     chosen = [int(rng.integers(len(pool)))]
     # score[j]: sum (max_avg) or min (max_min) of distances from pool[j] to the chosen set

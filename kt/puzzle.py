@@ -20,6 +20,8 @@ from typing import Optional
 
 import numpy as np
 
+from caffe_compat.errors import UnsupportedParameter
+
 STORED = 255            # stored image side
 GRID = 3
 CELL = STORED // GRID   # 85
@@ -39,7 +41,7 @@ def stored_image(img: np.ndarray, interpolation: Optional[int] = None) -> np.nda
     import cv2
 
     if img.ndim != 3 or img.shape[2] != 3:
-        raise ValueError(f"expected an HxWx3 colour image, got shape {img.shape}")
+        raise UnsupportedParameter(f"expected an HxWx3 colour image, got shape {img.shape}")
     h, w = img.shape[:2]
     s = 256.0 / min(h, w)
     nh, nw = max(256, int(round(h * s))), max(256, int(round(w * s)))

@@ -1,8 +1,9 @@
 """``caffekt parity``: every blob of our module against an independent implementation
 (``caffe_compat.parity.run_parity``).
 
-Exit 0 when every compared blob is within tolerance, 1 when one is not (or a
-blob the backend must show is missing), 2 on bad input.
+Each blob is judged against our module run in float64 (``caffe_compat.judge``):
+exit 0 when every compared blob agrees within float32 rounding, 1 when one
+does not (or a blob the backend must show is missing), 2 on bad input.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import json
 import sys
 
 from ..cli_options import add_json, input_shape, resolve_input_shapes
+from ..judge import DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_SLACK
 
 HELP = "compare every blob of a net against real Caffe, OpenCV dnn or our ONNX export"
 EXAMPLE = """caffekt parity deploy.prototxt weights.caffemodel --backend opencv
@@ -29,8 +31,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="shape of a net input (NAME may be left out when the net has one input); "
                         "repeat for several inputs")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
-    p.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (default 1e-4)")
-    p.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance (default 1e-4)")
+    p.add_argument("--rtol", type=float, default=DEFAULT_RTOL,
+                   help="distance from float64 always allowed, relative to the blob's scale "
+                        f"(default {DEFAULT_RTOL:g})")
+    p.add_argument("--atol", type=float, default=DEFAULT_ATOL,
+                   help=f"absolute distance from float64 always allowed (default {DEFAULT_ATOL:g})")
+    p.add_argument("--slack", type=float, default=DEFAULT_SLACK,
+                   help="the backend may be this many times as far from float64 as our own float32 "
+                        f"run is (default {DEFAULT_SLACK:g})")
     add_json(p)
     p.add_argument("--caffe-python", metavar="PATH",
                    help="python of the real Caffe (default: $CAFFEKT_ORACLE_PYTHON, else the "
@@ -45,7 +53,7 @@ def run(args) -> int:
     try:
         report = run_parity(args.prototxt, args.weights, args.backend, input_shapes=shapes,
                             seed=args.seed, atol=args.atol, rtol=args.rtol,
-                            caffe_python=args.caffe_python)
+                            caffe_python=args.caffe_python, slack=args.slack)
     except OracleError as e:
         # Caffe aborting on a net we run is a disagreement (exit 1), not bad input.
         print(f"caffekt parity: the real Caffe failed on this net:\n{e}", file=sys.stderr)

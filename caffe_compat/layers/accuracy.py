@@ -33,8 +33,11 @@ class Accuracy(CaffeLayer):
         self.top_shapes = [(), (self.classes,)][: max(1, min(2, len(lp.top) or 1))]
 
     def forward(self, x, label):
-        x = x.detach().reshape(self.outer, self.classes, self.inner)
-        lab = label.detach().reshape(self.outer, self.inner).long()
+        # -1, not self.outer: the batch may differ from the one at setup (an exported graph's
+        # batch axis is dynamic); with axis 0 the classes are the batch and outer is 1
+        outer = -1 if self.axis > 0 else self.outer
+        x = x.detach().reshape(outer, self.classes, self.inner)
+        lab = label.detach().reshape(outer, self.inner).long()
         valid = torch.ones_like(lab, dtype=torch.bool) if self.ignore is None else lab != self.ignore
         safe = torch.where(valid, lab, torch.zeros_like(lab))
         true = torch.gather(x, 1, safe.unsqueeze(1))

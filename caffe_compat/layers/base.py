@@ -49,7 +49,11 @@ class CaffeLayer(nn.Module):
         """Append a learnable blob of ``shape`` filled by ``filler`` (a FillerParameter or None=zeros)."""
         from .fillers import fill
 
+        from ..budget import check_shape
+
         shape = tuple(int(d) for d in shape)
+        check_shape(shape, f"layer {self.layer_name!r} (type {self.caffe_type}): learnable blob "
+                           f"{len(self.blobs)}")
         # every filler writes each value, so skip zeroing first (half the build time of AlexNet)
         data = torch.zeros(shape) if filler is None else torch.empty(shape, dtype=torch.float32)
         if filler is not None:

@@ -128,5 +128,12 @@ def fill(t: torch.Tensor, fp, layer_name: str | None = None) -> torch.Tensor:
     if t.numel() == 0:
         raise UnsupportedParameter(f"{where}filler {kind!r} on an empty blob of shape {tuple(t.shape)}")
     with torch.no_grad():
-        fn(t, fp, where)
+        try:
+            fn(t, fp, where)
+        except (RuntimeError, ValueError, OverflowError, ZeroDivisionError) as e:
+            if isinstance(e, UnsupportedParameter):
+                raise
+            # torch's own refusals (std nan or < 0, min > max, ...) of values the prototxt gave
+            msg = (str(e).splitlines() or [type(e).__name__])[0][:200]
+            raise UnsupportedParameter(f"{where}filler {kind!r}: {msg}") from None
     return t

@@ -44,11 +44,20 @@ class LRN(CaffeLayer):
         if self.region == ACROSS_CHANNELS:
             # Sum of squares over a channel window: average-pool (N, 1, C, H, W) along C.
             sq = (x * x).unsqueeze(1)
-            mean = F.avg_pool3d(sq, (self.size, 1, 1), stride=1, padding=(self.pre_pad, 0, 0),
-                                count_include_pad=True).squeeze(1)
+            if x.shape[1] < self.size:   # torch refuses a window wider than the unpadded axis
+                sq = F.pad(sq, (0, 0, 0, 0, self.pre_pad, self.pre_pad))
+                mean = F.avg_pool3d(sq, (self.size, 1, 1), stride=1).squeeze(1)
+            else:
+                mean = F.avg_pool3d(sq, (self.size, 1, 1), stride=1, padding=(self.pre_pad, 0, 0),
+                                    count_include_pad=True).squeeze(1)
             scale = self.k + self.alpha * mean
         else:
-            mean = F.avg_pool2d(x * x, self.size, stride=1, padding=self.pre_pad,
-                                count_include_pad=True)
+            sq = x * x
+            if min(x.shape[2:]) < self.size or self.pre_pad > self.size // 2:
+                p = self.pre_pad
+                mean = F.avg_pool2d(F.pad(sq, (p, p, p, p)), self.size, stride=1)
+            else:
+                mean = F.avg_pool2d(sq, self.size, stride=1, padding=self.pre_pad,
+                                    count_include_pad=True)
             scale = 1.0 + self.alpha * mean
         return x * scale.pow(-self.beta)

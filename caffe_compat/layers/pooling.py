@@ -106,13 +106,36 @@ class Pooling(CaffeLayer):
         self.pads = (p_w, (self.out[1] - 1) * self.stride[1] + self.kernel[1] - p_w - W,
                      p_h, (self.out[0] - 1) * self.stride[0] + self.kernel[0] - p_h - H)
         if self.method == AVE and not self.fast:
-            dh = _ave_divisors(H, self.kernel[0], self.stride[0], self.pad[0], self.out[0])
-            dw = _ave_divisors(W, self.kernel[1], self.stride[1], self.pad[1], self.out[1])
-            kk = float(self.kernel[0] * self.kernel[1])
-            # avg_pool2d divides by k*k; rescale to Caffe's divisor (x/0 -> inf makes 0/0 NaN).
-            fac = torch.tensor([[kk / (a * b) if a * b != 0 else math.inf for b in dw] for a in dh],
-                               dtype=torch.float32)
-            self.register_buffer("ave_factor", fac, persistent=False)
+            self._make_ave_factor()
+
+    def _make_ave_factor(self) -> None:
+        H, W = self.in_hw
+        dh = _ave_divisors(H, self.kernel[0], self.stride[0], self.pad[0], self.out[0])
+        dw = _ave_divisors(W, self.kernel[1], self.stride[1], self.pad[1], self.out[1])
+        kk = float(self.kernel[0] * self.kernel[1])
+        # avg_pool2d divides by k*k; rescale to Caffe's divisor (x/0 -> inf makes 0/0 NaN).
+        fac = torch.tensor([[kk / (a * b) if a * b != 0 else math.inf for b in dw] for a in dh],
+                           dtype=torch.float32)
+        self.register_buffer("ave_factor", fac, persistent=False)
+
+    def plain_ceil_agrees(self) -> bool:
+        """Whether ceil((size + 2p - k) / s) + 1 without PyTorch's last-window rule (what ONNX's
+        ``ceil_mode`` computes) gives Caffe's output size; when not, exports pad explicitly."""
+        if not (self.fast and self.ceil):
+            return True
+        return all(-(-(sz + 2 * p - k) // s) + 1 == o for sz, k, s, p, o in
+                   zip(self.in_hw, self.kernel, self.stride, self.pad, self.out))
+
+    def explicit_padding(self, on: bool) -> None:
+        """Use the explicit-padding path (``on``) or the PyTorch pooling one again."""
+        if on and self.fast:
+            self._fast_saved = True
+            self.fast = False
+            if self.method == AVE and not hasattr(self, "ave_factor"):
+                self._make_ave_factor()
+        elif not on and getattr(self, "_fast_saved", False):
+            self.fast = True
+            self._fast_saved = False
 
     # -- forward ---------------------------------------------------------------------------
     def forward(self, x):

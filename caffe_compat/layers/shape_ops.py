@@ -18,6 +18,14 @@ def _not_in_place(layer, lp) -> None:
         raise fail(layer, f"cannot run in place (top {lp.top[0]!r} == bottom)")
 
 
+def _reshape_keeping_batch(x, bottom, top):
+    """``x.reshape(top)``; when the layer keeps axis 0 it follows ``x``'s own batch (Caffe reshapes
+    on every forward; an exported graph's batch axis is dynamic)."""
+    if len(top) and len(bottom) and top[0] == bottom[0] and count(top[1:]) > 0:
+        return x.reshape((-1,) + tuple(top[1:]))
+    return x.reshape(top)
+
+
 @register("Flatten")
 class Flatten(CaffeLayer):
     def __init__(self, lp, bottom_shapes, phase="TEST"):
@@ -30,7 +38,7 @@ class Flatten(CaffeLayer):
         self.top_shapes = [s[:a] + (count(s, a, e + 1),) + s[e + 1:]]
 
     def forward(self, x):
-        return x.reshape(self.top_shapes[0])
+        return _reshape_keeping_batch(x, self.bottom_shapes[0], self.top_shapes[0])
 
 
 @register("Reshape")
@@ -78,7 +86,7 @@ class Reshape(CaffeLayer):
         self.top_shapes = [top]
 
     def forward(self, x):
-        return x.reshape(self.top_shapes[0])
+        return _reshape_keeping_batch(x, self.bottom_shapes[0], self.top_shapes[0])
 
 
 @register("Tile")

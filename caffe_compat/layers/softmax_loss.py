@@ -45,13 +45,18 @@ class _SoftmaxLossBase(LossBase):
         if len(self.lp.top) >= 2:
             self.top_shapes = [(), s]
 
+    def _outer(self) -> int:
+        # -1, not self.outer: an exported graph's batch may differ from the setup one (with
+        # axis 0 the classes are the batch and outer is 1)
+        return -1 if self.axis > 0 else self.outer
+
     def _labels(self, label):
-        lab = label.detach().reshape(self.outer, self.inner).long()
+        lab = label.detach().reshape(self._outer(), self.inner).long()
         valid = torch.ones_like(lab, dtype=torch.bool) if self.ignore is None else lab != self.ignore
         return torch.where(valid, lab, torch.zeros_like(lab)), valid
 
     def _finish(self, loss_sum, valid, prob, x_shape):
-        norm = normalizer(self.mode, self.outer, self.inner, valid.sum() if self.mode == VALID else None)
+        norm = normalizer(self.mode, valid.shape[0], self.inner, valid.sum() if self.mode == VALID else None)
         loss = loss_sum / norm
         if len(self.top_shapes) == 2:
             return loss, prob.reshape(x_shape)
@@ -66,7 +71,7 @@ class SoftmaxWithLoss(_SoftmaxLossBase):
         self._setup("softmax_param.axis", int(lp.softmax_param.axis))
 
     def forward(self, x, label):
-        z = x.reshape(self.outer, self.classes, self.inner)
+        z = x.reshape(self._outer(), self.classes, self.inner)
         safe, valid = self._labels(label)
         prob = torch.softmax(z, 1)
         p = torch.gather(prob, 1, safe.unsqueeze(1)).squeeze(1)
@@ -103,7 +108,7 @@ class InfogainLoss(_SoftmaxLossBase):
     def forward(self, x, label, H=None):
         c = self.classes
         h = (self.H if H is None else H.detach().reshape(c, c)).to(x.dtype)  # H: buffer or bottom[2]
-        z = x.reshape(self.outer, c, self.inner)
+        z = x.reshape(self._outer(), c, self.inner)
         safe, valid = self._labels(label)
         prob = torch.softmax(z, 1)
         rows = h[safe].permute(0, 2, 1)  # (outer, C, inner): H[label, l]

@@ -4,7 +4,9 @@
 (``caffekt.converters.fast_rcnn``): tower extraction, ``--map`` renames,
 Jigsaw-recipe fills, every blob checked against the target before writing.
 ``onnx``: exports a net + weights to ONNX and runs it in onnxruntime against
-our module (``caffekt.converters.onnx_export``); exit 1 when they differ.
+our module (``caffekt.converters.onnx_export``), both judged against our
+module in float64; exit 1 when they differ.  Train/test nets export their
+deploy form (``--keep-losses`` keeps losses and accuracy).
 """
 from __future__ import annotations
 
@@ -69,7 +71,14 @@ def add_arguments(parser) -> None:
     o.add_argument("--output-blob", action="append", metavar="BLOB",
                    help="expose this blob as an output (default: the net's outputs)")
     o.add_argument("--rtol", type=float, default=1e-5,
-                   help="allowed max|onnx - ours| / max|ours| per output (1e-5)")
+                   help="distance from our float64 run always allowed per output, relative to its "
+                        "max |value| (1e-5)")
+    o.add_argument("--slack", type=float, default=16.0,
+                   help="onnxruntime may be this many times as far from float64 as our own "
+                        "float32 run is (16)")
+    o.add_argument("--keep-losses", action="store_true",
+                   help="train/test nets: keep loss and accuracy layers (labels become inputs) "
+                        "instead of exporting the deploy form")
     o.add_argument("--seed", type=int, default=0)
 
 
@@ -78,7 +87,8 @@ def run(args) -> int:
         from caffekt.converters.onnx_export import export_onnx_file
         rep = export_onnx_file(args.prototxt, args.weights, args.output, opset=args.opset,
                                input_shapes=resolve_input_shapes(args.input_shape, args.prototxt),
-                               outputs=args.output_blob, rtol=args.rtol, seed=args.seed)
+                               outputs=args.output_blob, rtol=args.rtol, seed=args.seed,
+                               slack=args.slack, keep_losses=args.keep_losses)
         print(rep)
         return 0 if rep.ok else 1
     from caffekt.converters.fast_rcnn import export_frcnn

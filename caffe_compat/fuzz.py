@@ -16,7 +16,6 @@ limit twice: a loaded machine may stall a worker once), ``memory``
 """
 from __future__ import annotations
 
-import io
 import os
 import random
 import re
@@ -26,7 +25,7 @@ import time
 import traceback
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 OUTCOMES = ("ok", "typed", "untyped", "hang", "memory", "crash")
 KINDS = ("caffemodel", "prototxt", "solver", "solverstate", "binaryproto", "safetensors", "pt")

@@ -3,7 +3,7 @@
     python benchmarks/fuzz_all.py [-n 100000] [--seed 0] [--workers 2] [--time-limit 5]
 
 Exit 1 when any input gave an untyped exception, a hang, a memory spike or a
-crash (each is listed with its input number; ``caffe_compat.fuzz.make_input``
+crash (each is listed with its input number; ``caffekt.converters.fuzz.make_input``
 replays it).
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 def main(argv=None) -> int:
     from tqdm import tqdm
 
-    from caffe_compat.fuzz import OUTCOMES, build_seeds, run_fuzz
+    from caffekt.converters.fuzz import OUTCOMES, build_seeds, run_fuzz
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=100_000, help="number of inputs (100000)")

@@ -105,11 +105,11 @@ def _candidate_kinds(path: str) -> List[str]:
         except UnicodeDecodeError:
             return []
         return [] if kind == "unknown" else [kind]
-    buf = binary._map_file(path)
+    buf = binary.map_file(path)
     try:
         kinds = binary.sniff_binary(buf)
     finally:
-        binary._release(buf)
+        binary.release_map(buf)
     hint = _EXT_HINT.get(os.path.splitext(path)[1].lower())
     if hint in kinds:  # the extension breaks ties between consistent kinds
         kinds.remove(hint)

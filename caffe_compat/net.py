@@ -139,6 +139,71 @@ def _shape_str(shape) -> str:
     return " ".join(str(int(d)) for d in shape) + f" ({n})"
 
 
+class _Wiring:
+    """Net::AppendBottom / AppendTop bookkeeping: blob versions (in-place tops get a new key),
+    which blobs are still unconsumed (the net's outputs), and every key's shape."""
+
+    def __init__(self, path: Optional[str]):
+        self.path = path
+        self.version: Dict[str, int] = {}      # Caffe blob name -> versions written so far
+        self.available: Dict[str, str] = {}    # Caffe name -> versioned key, written and not consumed since
+        self.current: Dict[str, str] = {}      # Caffe name -> latest versioned key
+        self.shapes: Dict[str, Tuple[int, ...]] = {}  # versioned key -> shape
+
+    def bottoms(self, lp, where: str) -> List[str]:
+        keys = []
+        for bi, b in enumerate(lp.bottom):
+            if b not in self.current:
+                raise CaffeFormatError(f"unknown bottom blob {b!r} (layer {lp.name!r}, bottom index {bi})",
+                                       self.path, where)
+            keys.append(self.current[b])
+            self.available.pop(b, None)  # consumed: no longer a net output
+        return keys
+
+    def tops(self, lp, where: str) -> List[str]:
+        keys = []
+        for ti, t in enumerate(lp.top):
+            inplace = ti < len(lp.bottom) and lp.bottom[ti] == t
+            if not inplace and t in self.version:
+                raise CaffeFormatError(f"top blob {t!r} produced by multiple sources", self.path, where)
+            v = self.version.get(t, -1) + 1
+            self.version[t] = v
+            keys.append(t if v == 0 else f"{t}#{v}")
+        return keys
+
+    def produced(self, top: str, key: str, shape) -> Tuple[int, ...]:
+        self.shapes[key] = tuple(int(d) for d in shape)
+        self.available[top] = key
+        self.current[top] = key
+        return self.shapes[key]
+
+
+def _layer_class(lp, python_layers: str):
+    """The registered class of ``lp``'s type (a bottomless Python layer may become a named input)."""
+    from . import layers as L
+    from .layers.input import PythonAsInput
+    if lp.type == "Python" and python_layers == "as_input" and not len(lp.bottom):
+        return PythonAsInput
+    try:
+        return L.get(lp.type, lp.name)
+    except UnknownLayerType as e:
+        if lp.type == "Python" and not len(lp.bottom):
+            raise UnknownLayerType(f"{e}; or build with python_layers='as_input' to make "
+                                   f"its tops {list(lp.top)} named inputs") from None
+        raise
+
+
+def _loss_weights(lp, module, path: Optional[str], where: str) -> List[Tuple[int, float]]:
+    """(top index, weight) of the tops that count in the loss (Layer::SetLossWeights; a loss layer's
+    top 0 defaults to 1)."""
+    if len(lp.loss_weight) and len(lp.loss_weight) != len(lp.top):
+        raise CaffeFormatError(f"loss_weight must be unspecified or specified once per top "
+                               f"blob ({len(lp.top)} tops, {len(lp.loss_weight)} weights)", path, where)
+    weights = list(lp.loss_weight) or ([1.0] + [0.0] * (len(lp.top) - 1)
+                                       if getattr(module, "is_loss", False) and len(lp.top) else [])
+    return [(i, float(w)) for i, w in enumerate(weights) if w != 0]
+
+
 class Net(nn.Module):
     """A Caffe net; build with ``load_net``.  ``forward(**inputs)`` -> ``{output blob: tensor}``."""
 
@@ -146,8 +211,6 @@ class Net(nn.Module):
                  input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
                  python_layers: str = "refuse", path: Optional[str] = None):
         super().__init__()
-        from . import layers as L
-        from .layers.input import NetInput, PythonAsInput
 
         t0 = time.perf_counter()
         if phase not in PHASES:
@@ -179,100 +242,70 @@ class Net(nn.Module):
         self._learnable: List[nn.Parameter] = []
         self.param_info: List[dict] = []  # one per learnable param: layer, index, name, lr/decay
         owners: Dict[str, Tuple[int, int, int]] = {}  # ParamSpec.name -> (layer, index, learnable id)
-        version: Dict[str, int] = {}      # Caffe blob name -> versions written so far
-        available: Dict[str, str] = {}    # Caffe name -> versioned key, written and not consumed since
-        current: Dict[str, str] = {}      # Caffe name -> latest versioned key
-        shapes: Dict[str, Tuple[int, ...]] = {}  # versioned key -> shape
+        wiring = _Wiring(path)
         taken: set = set()
         used_input_shapes: set = set()
-
         for lp in kept:
-            where = f"layer {lp.name!r} (type {lp.type})"
-            if lp.type == "Python" and python_layers == "as_input" and not len(lp.bottom):
-                cls = PythonAsInput
-            else:
-                try:
-                    cls = L.get(lp.type, lp.name)
-                except UnknownLayerType as e:
-                    if lp.type == "Python" and not len(lp.bottom):
-                        raise UnknownLayerType(f"{e}; or build with python_layers='as_input' to make "
-                                               f"its tops {list(lp.top)} named inputs") from None
-                    raise
-            L.check_arity(cls, lp.name, len(lp.bottom), len(lp.top))
-            if len(lp.propagate_down) and len(lp.propagate_down) != len(lp.bottom):
-                raise CaffeFormatError(f"propagate_down must be given either 0 or bottom_size "
-                                       f"({len(lp.bottom)}) times, got {len(lp.propagate_down)}",
-                                       path, where)
-            # bottoms (AppendBottom)
-            bkeys = []
-            for bi, b in enumerate(lp.bottom):
-                if b not in current:
-                    raise CaffeFormatError(f"unknown bottom blob {b!r} (layer {lp.name!r}, bottom index {bi})",
-                                           path, where)
-                bkeys.append(current[b])
-                available.pop(b, None)  # consumed: no longer a net output
-            # tops (AppendTop)
-            tkeys = []
-            for ti, t in enumerate(lp.top):
-                inplace = ti < len(lp.bottom) and lp.bottom[ti] == t
-                if not inplace and t in version:
-                    raise CaffeFormatError(f"top blob {t!r} produced by multiple sources", path, where)
-                v = version.get(t, -1) + 1
-                version[t] = v
-                key = t if v == 0 else f"{t}#{v}"
-                tkeys.append(key)
-            bottom_shapes = [shapes[k] for k in bkeys]
-            lay_phase = _PHASE_NAMES.get(lp.phase, phase) if lp.HasField("phase") else phase
-            if issubclass(cls, NetInput):
-                mine = {t: input_shapes[t] for t in lp.top if t in input_shapes}
-                used_input_shapes.update(mine)
-                module = cls(lp, bottom_shapes, lay_phase, input_shapes=mine)
-            else:
-                module = cls(lp, bottom_shapes, lay_phase)
-            if len(module.top_shapes) != len(lp.top):
-                raise ShapeError(f"{where}: the implementation gave {len(module.top_shapes)} top "
-                                 f"shapes for {len(lp.top)} tops")
-            for t, key, s in zip(lp.top, tkeys, module.top_shapes):
-                check_shape(s, f"{where}: top {t!r}")   # before a forward pass allocates it
-                shapes[key] = tuple(int(d) for d in s)
-                available[t] = key
-                current[t] = key
-                self.blob_shapes[t] = shapes[key]
-            feeds = bool(getattr(module, "feeds_net", False))
-            if feeds:
-                self.inputs.extend(lp.top)
-            # loss weights (Layer::SetLossWeights; LossLayer defaults top 0 to 1)
-            if len(lp.loss_weight) and len(lp.loss_weight) != len(lp.top):
-                raise CaffeFormatError(f"loss_weight must be unspecified or specified once per top "
-                                       f"blob ({len(lp.top)} tops, {len(lp.loss_weight)} weights)",
-                                       path, where)
-            weights = list(lp.loss_weight) or ([1.0] + [0.0] * (len(lp.top) - 1)
-                                               if getattr(module, "is_loss", False) and len(lp.top) else [])
-            loss = [(i, float(w)) for i, w in enumerate(weights) if w != 0]
-            for i, w in loss:
-                self.loss_weights[lp.top[i]] = w
-            key = _module_key(lp.name, taken)
-            self._append_params(lp, module, owners, where)
-            self.layer_modules[key] = module
-            self.layer_names.append(lp.name)
-            self.layer_params_proto.append(lp)
-            self.layer_types.append(lp.type)
-            self.bottom_names.setdefault(lp.name, list(lp.bottom))
-            self.top_names.setdefault(lp.name, list(lp.top))
-            stop = [not bool(p) for p in lp.propagate_down] if len(lp.propagate_down) else [False] * len(bkeys)
-            self._steps.append(_Step(key, bkeys, tkeys, stop, list(lp.top), feeds, loss,
-                                     callable(getattr(module, "reshape", None))))
-
+            self._add_layer(lp, wiring, owners, taken, input_shapes, used_input_shapes, python_layers)
         unused = sorted(set(input_shapes) - used_input_shapes)
         if unused:
             raise ShapeError(f"input_shapes names {unused}, which are not inputs of this net "
                              f"(phase {phase}); its inputs are {self.inputs}")
-        self.outputs: List[str] = sorted(available)
-        self._output_keys = [available[n] for n in self.outputs]
-        self._current_keys = OrderedDict((n, current[n]) for n in self.blob_shapes)
+        self.outputs: List[str] = sorted(wiring.available)
+        self._output_keys = [wiring.available[n] for n in self.outputs]
+        self._current_keys = OrderedDict((n, wiring.current[n]) for n in self.blob_shapes)
         self._last_loss_terms: List[Tuple[float, torch.Tensor]] = []
         self._finish_params()
         self.build_seconds = time.perf_counter() - t0
+
+    def _add_layer(self, lp, wiring: "_Wiring", owners, taken: set, input_shapes, used_input_shapes: set,
+                   python_layers: str) -> None:
+        """One layer of Net::Init: class, wiring, module, top shapes, loss weights, params, step."""
+        from . import layers as L
+        from .layers.input import NetInput
+        path, phase = self.path, self.phase
+        where = f"layer {lp.name!r} (type {lp.type})"
+        cls = _layer_class(lp, python_layers)
+        L.check_arity(cls, lp.name, len(lp.bottom), len(lp.top))
+        if len(lp.propagate_down) and len(lp.propagate_down) != len(lp.bottom):
+            raise CaffeFormatError(f"propagate_down must be given either 0 or bottom_size "
+                                   f"({len(lp.bottom)}) times, got {len(lp.propagate_down)}",
+                                   path, where)
+        bkeys, tkeys = wiring.bottoms(lp, where), wiring.tops(lp, where)
+        bottom_shapes = [wiring.shapes[k] for k in bkeys]
+        lay_phase = _PHASE_NAMES.get(lp.phase, phase) if lp.HasField("phase") else phase
+        if issubclass(cls, NetInput):
+            mine = {t: input_shapes[t] for t in lp.top if t in input_shapes}
+            used_input_shapes.update(mine)
+            module = cls(lp, bottom_shapes, lay_phase, input_shapes=mine)
+        else:
+            module = cls(lp, bottom_shapes, lay_phase)
+        if len(module.top_shapes) != len(lp.top):
+            raise ShapeError(f"{where}: the implementation gave {len(module.top_shapes)} top "
+                             f"shapes for {len(lp.top)} tops")
+        for t, key, s in zip(lp.top, tkeys, module.top_shapes):
+            check_shape(s, f"{where}: top {t!r}")   # before a forward pass allocates it
+            self.blob_shapes[t] = wiring.produced(t, key, s)
+        feeds = bool(getattr(module, "feeds_net", False))
+        if feeds:
+            self.inputs.extend(lp.top)
+        loss = _loss_weights(lp, module, path, where)
+        for i, w in loss:
+            self.loss_weights[lp.top[i]] = w
+        key = _module_key(lp.name, taken)
+        self._append_params(lp, module, owners, where)
+        self._append_layer(key, lp, module)
+        stop = [not bool(p) for p in lp.propagate_down] if len(lp.propagate_down) else [False] * len(bkeys)
+        self._steps.append(_Step(key, bkeys, tkeys, stop, list(lp.top), feeds, loss,
+                                 callable(getattr(module, "reshape", None))))
+
+    def _append_layer(self, key: str, lp, module) -> None:
+        self.layer_modules[key] = module
+        self.layer_names.append(lp.name)
+        self.layer_params_proto.append(lp)
+        self.layer_types.append(lp.type)
+        self.bottom_names.setdefault(lp.name, list(lp.bottom))
+        self.top_names.setdefault(lp.name, list(lp.top))
 
     # ------------------------------------------------------------------ params
     def _append_params(self, lp, module, owners, where) -> None:

@@ -349,7 +349,7 @@ def export_frcnn(source: str, target: str, out: Optional[str],
     / both), within-layer on the layers initialised here unless
     ``rescale_options`` says ``layers="all"`` (other keys: those of
     ``rescale_blobs``).  ``deploy_out``: the target's test net (for a
-    prototxt target its ``rescale.deploy_form``).
+    prototxt target its ``deploy_form.deploy_form``).
     Every error is raised before anything is written.
     """
     import torch
@@ -437,7 +437,7 @@ def export_frcnn(source: str, target: str, out: Optional[str],
                                        initialised=[n for n, _ in report.initialised], **opts)
     deploy = None
     if deploy_out is not None:
-        from .rescale import deploy_form
+        from .deploy_form import deploy_form
         deploy = param if target in BUILTIN_TARGETS else deploy_form(param, tpath)
     if out is not None:
         report.nbytes = write_frcnn_caffemodel(out, tl, blobs)

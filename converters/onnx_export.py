@@ -273,41 +273,6 @@ def op_counts(model_bytes: bytes) -> Dict[str, int]:
     return counts
 
 
-_LOSSY = ("Accuracy",)
-
-
-def _is_loss(lp) -> bool:
-    return lp.type.endswith("Loss") or lp.type in _LOSSY
-
-
-def export_form(prototxt, keep_losses: bool = False,
-                input_shapes: Optional[Mapping[str, Sequence[int]]] = None):
-    """(NetParameter, path, dropped layer names): the net ONNX gets.
-
-    A deploy net is exported as it is.  A train/test net (data layers other
-    than Input, or losses) is exported in its deploy form
-    (``rescale.deploy_form``): TEST phase, data layers replaced by one Input
-    layer, layers that need labels dropped (``keep_losses``: kept, with the
-    labels as inputs).
-    """
-    from caffe_compat.net import PHASES, _read_param, filter_layers
-
-    from .rescale import _DATA_TYPES, deploy_form
-
-    param, path = _read_param(prototxt)
-    kept = filter_layers(param, PHASES["TEST"], 0, list(param.state.stage), path)
-    is_data = [(lp.type in _DATA_TYPES or (lp.type == "Python" and not len(lp.bottom)))
-               for lp in kept]
-    needs = any(d and lp.type != "Input" for lp, d in zip(kept, is_data)) or \
-        (not keep_losses and any(_is_loss(lp) for lp in kept)) or len(kept) != len(param.layer)
-    if not needs:
-        return param, path, []
-    form = deploy_form(param, path, input_shapes, keep_losses=keep_losses)
-    names = {lp.name for lp in form.layer}
-    dropped = [lp.name for lp, d in zip(kept, is_data) if not d and lp.name not in names]
-    return form, path, dropped
-
-
 def _layer_outputs(net, feed) -> Dict[str, object]:
     """Layer name -> its output, for the layers that ran before any error."""
     import torch
@@ -382,6 +347,8 @@ def export_onnx_file(prototxt, weights, out: str, opset: int = DEFAULT_OPSET,
     from caffe_compat.errors import CaffeCompatError
     from caffe_compat.net import name_file
 
+    from .deploy_form import export_form
+
     form, path, dropped = export_form(prototxt, keep_losses, input_shapes)
     try:
         net = load_net(form, weights=weights, phase="TEST", input_shapes=input_shapes,
@@ -424,5 +391,5 @@ def export_onnx_file(prototxt, weights, out: str, opset: int = DEFAULT_OPSET,
     return report
 
 
-__all__ = ["export_net", "export_onnx_file", "export_form", "batch_dependent_layer", "check_onnx", "onnx_friendly", "op_counts",
+__all__ = ["export_net", "export_onnx_file", "batch_dependent_layer", "check_onnx", "onnx_friendly", "op_counts",
            "OnnxReport", "OutputCheck", "MIN_OPSET", "DEFAULT_OPSET"]

@@ -55,7 +55,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -64,8 +64,8 @@ from caffe_compat.errors import CaffeFormatError, UnsupportedParameter
 FRCNN_PIXEL_MEANS = (102.9801, 115.9465, 122.7717)  # BGR, fast_rcnn/config.py __C.PIXEL_MEANS
 MODES = ("within", "between", "both")
 PARAM_TYPES = ("Convolution", "InnerProduct")
-_DATA_TYPES = ("Input", "Data", "ImageData", "HDF5Data", "MemoryData", "WindowData", "DummyData")
-_DEFAULT_DATA = 224
+from .deploy_form import DEFAULT_DATA_SIDE as _DEFAULT_DATA
+from .deploy_form import deploy_form
 
 
 # ------------------------------------------------------------------ images
@@ -107,104 +107,6 @@ def load_images(paths: Sequence[str], size: int,
 
 
 # ------------------------------------------------------------------ the nets
-
-def _declared_shape(lp, i: int) -> Optional[Tuple[int, ...]]:
-    """Top ``i``'s shape as the data layer declares it (``layers.input``), unknowns filled in:
-    batch 1, channels 3 (x siamese_size for the Jigsaw++ tiles), sides 224; None if unknown."""
-    from caffe_compat.layers import _registry
-    from caffe_compat.layers.input import NetInput
-
-    try:
-        cls = _registry.get(lp.type, lp.name)
-    except Exception:   # noqa: BLE001 - an unregistered type: the caller guesses
-        return None
-    if not (isinstance(cls, type) and issubclass(cls, NetInput)) or lp.type == "Input":
-        return None
-    probe = cls.__new__(cls)
-    probe.lp, probe.layer_name = lp, lp.name
-    try:
-        declared = probe.declared_shapes()
-    except Exception:   # noqa: BLE001 - a malformed layer: the net build reports it
-        return None
-    if i >= len(declared) or declared[i] is None:
-        return None
-    siamese = int(getattr(lp.transform_param, "siamese_size", 1) or 1)
-    fill = [1, 3 * siamese] + [_DEFAULT_DATA] * 8
-    dims = [int(d) if d is not None else fill[min(j, len(fill) - 1)] for j, d in enumerate(declared[i])]
-    return tuple([1] + dims[1:]) if dims else ()   # batch 1: the deploy form's batch is dynamic
-
-
-def deploy_form(param, path: Optional[str] = None,
-                input_shapes: Optional[Mapping[str, Sequence[int]]] = None, keep_losses: bool = False):
-    """The target's deploy net: its TEST-phase layers, data layers replaced by one Input layer.
-
-    * Data layers (Input, Data, ImageData, HDF5Data, MemoryData, WindowData,
-      DummyData, bottomless Python) become one ``Input`` layer ``input``
-      whose tops are the data tops some non-loss layer still reads (Fast
-      R-CNN: ``data`` and ``rois``).  Shapes: ``input_shapes``, else an
-      Input layer's own, else ``data`` 1x3xSxS (S = crop_size or 224), ``rois``
-      1x5, others (1,).
-    * Loss and Accuracy layers go, with every layer that depends on what
-      they or the dropped data tops produce; a ``SoftmaxWithLoss`` leaves a
-      ``Softmax`` on its scores (``cls_score`` -> ``cls_prob``, else
-      ``<bottom>_prob``), as Fast R-CNN's test.prototxt has.
-    * include/exclude rules are cleared (the net is already the TEST one).
-    * ``keep_losses``: Loss and Accuracy layers stay, and every data top
-      they read (labels) becomes an input as well.
-    """
-    from caffe_compat.net import PHASES, filter_layers
-    from caffe_compat.proto import caffe_pb2
-
-    kept = filter_layers(param, PHASES["TEST"], 0, list(param.state.stage), path)
-    shapes: Dict[str, Tuple[int, ...]] = {}
-    data_tops: List[str] = []
-    rest = []
-    for lp in kept:
-        if lp.type in _DATA_TYPES or (lp.type == "Python" and not len(lp.bottom)):
-            in_shapes = list(lp.input_param.shape) if lp.type == "Input" else []
-            for i, t in enumerate(lp.top):
-                data_tops.append(t)
-                declared = _declared_shape(lp, i)
-                if in_shapes:
-                    shapes[t] = tuple(int(d) for d in in_shapes[0 if len(in_shapes) == 1 else i].dim)
-                elif declared is not None:
-                    shapes[t] = declared
-                elif t == "data":
-                    s = int(lp.transform_param.crop_size) or _DEFAULT_DATA
-                    shapes[t] = (1, 3, s, s)
-                elif t == "rois":
-                    shapes[t] = (1, 5)
-                else:
-                    shapes[t] = (1,)
-        else:
-            rest.append(lp)
-    shapes.update({k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()})
-    is_loss = [not keep_losses and (lp.type.endswith("Loss") or lp.type == "Accuracy") for lp in rest]
-    read = {b for lp, loss in zip(rest, is_loss) if not loss for b in lp.bottom}
-    dead = {t for t in data_tops if t not in read}
-    layers = []
-    for lp, loss in zip(rest, is_loss):
-        if loss or any(b in dead for b in lp.bottom):
-            dead.update(t for t in lp.top if not (t in lp.bottom))   # in-place tops stay alive
-            if lp.type == "SoftmaxWithLoss" and lp.bottom[0] not in dead:
-                b = lp.bottom[0]
-                name = b[:-len("_score")] + "_prob" if b.endswith("_score") else b + "_prob"
-                layers.append(caffe_pb2.LayerParameter(name=name, type="Softmax", bottom=[b], top=[name]))
-            continue
-        out = caffe_pb2.LayerParameter()
-        out.CopyFrom(lp)
-        del out.include[:]
-        del out.exclude[:]
-        layers.append(out)
-    net = caffe_pb2.NetParameter(name=param.name)
-    inp = net.layer.add(name="input", type="Input")
-    for t in data_tops:
-        if t not in dead:
-            inp.top.append(t)
-            inp.input_param.shape.add().dim.extend(shapes[t])
-    net.layer.extend(layers)
-    return net
-
 
 def trunk_form(deploy) -> Tuple[object, List[str], List[str]]:
     """(deploy without its heads, trunk learnable layers, head learnable layers).
@@ -552,6 +454,5 @@ def rescale_blobs(param, blobs: "Dict[str, List[np.ndarray]]", images: Union[str
     return rep
 
 
-__all__ = ["rescale_blobs", "within_layer", "between_layer", "gradient_ratios", "deploy_form",
-           "trunk_form", "rescale_net", "list_images", "load_images", "input_size", "RescaleReport",
+__all__ = ["rescale_blobs", "within_layer", "between_layer", "gradient_ratios", "trunk_form", "rescale_net", "list_images", "load_images", "input_size", "RescaleReport",
            "BetweenResult", "FRCNN_PIXEL_MEANS", "MODES"]

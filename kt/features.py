@@ -350,9 +350,6 @@ def parse_model(spec: str) -> Tuple[str, Optional[str]]:
     return proto, (weights or None)
 
 
-_DATA_LAYERS = ("Data", "ImageData", "HDF5Data", "WindowData", "MemoryData", "Python", "DummyData")
-
-
 def checkpoint_prototxt(ckpt: str) -> str:
     """The net of a caffemodel our trainers wrote: ``deploy.prototxt`` in its folder (train-cc writes
     one), else the caffemodel's own layer list when its inputs are Input layers (Jigsaw++ snapshots)."""
@@ -362,8 +359,9 @@ def checkpoint_prototxt(ckpt: str) -> str:
     proto = os.path.join(os.path.dirname(os.path.abspath(ckpt)), "deploy.prototxt")
     if os.path.isfile(proto):
         return proto
+    from caffe_compat.layers import is_data_layer
     layers = read_net(ckpt).layer
-    if layers and not any(lp.type in _DATA_LAYERS for lp in layers):
+    if layers and not any(is_data_layer(lp) and lp.type != "Input" for lp in layers):
         return ckpt
     raise CaffeFormatError("no deploy.prototxt beside the checkpoint, and its own net reads from data "
                            "layers; give the net with --model PROTOTXT:WEIGHTS instead", ckpt)

@@ -103,6 +103,6 @@ def test_no_import_circles():
 
 def test_the_graph_sees_known_edges():
     g = _graph()   # the scan itself must work, or the two tests above prove nothing
-    assert "caffe_compat.files" in g["caffe_compat.binary"]
+    assert "caffe_compat.files" in g["caffe_compat.binary.caffemodel"]
     assert "caffe_compat.data.jps" in g["caffe_compat.train.feeders"]
     assert "caffe_compat.train" in g["caffekt.kt.jigsaw.train"]

@@ -131,7 +131,7 @@ def test_damaged_pt_is_typed(tmp_path, capsys):
     from caffekt.converters.convert import read_weights
     with pytest.raises(CaffeFormatError, match="w.pt"):
         read_weights(str(p))
-    _cli(capsys, "convert", str(p), str(tmp_path / "o.caffemodel"))
+    _cli(capsys, "convert", str(p), "-o", str(tmp_path / "o.caffemodel"))
 
 
 def test_unclosed_string_is_fast(tmp_path):

@@ -399,7 +399,7 @@ def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
         f.write(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(binary, "_write_blob_body", boom)
+    monkeypatch.setattr(binary.blobs, "_write_blob_body", boom)
     with pytest.raises(OSError, match="disk full"):
         write_caffemodel(str(p), net, blobs)
     assert os.listdir(tmp_path) == []

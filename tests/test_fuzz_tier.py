@@ -1,12 +1,12 @@
 """The fuzz tier: >= 2,000 mutated real files through every reader and load_net, in a pool of
-worker processes with a per-input time limit and peak-memory check (caffe_compat.fuzz)."""
+worker processes with a per-input time limit and peak-memory check (caffekt.converters.fuzz)."""
 from __future__ import annotations
 
 import time
 
 import pytest
 
-from caffe_compat import fuzz
+from caffekt.converters import fuzz
 
 
 @pytest.fixture(scope="module")

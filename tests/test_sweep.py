@@ -28,7 +28,7 @@ def _randomized(prototxt: str, path: str) -> str:
     """A caffemodel for ``prototxt``'s export form: weights ~ N(0, 1/fan_in), biases ~ N(0, 0.1^2)."""
     from caffe_compat.net import load_net
     from caffe_compat.weights import save_caffemodel
-    from caffekt.converters.onnx_export import export_form
+    from caffekt.converters.deploy_form import export_form
 
     form, _p, _d = export_form(prototxt)
     net = load_net(form)

@@ -21,7 +21,7 @@ from caffe_compat.io import read_net
 from caffe_compat.net import load_net
 from caffekt.converters.convert import LayerWeights, WeightSet, read_weights, write_caffemodel_weights
 from caffekt.converters.fast_rcnn import export_frcnn
-from caffekt.converters.rescale import deploy_form
+from caffekt.converters.deploy_form import deploy_form
 
 MEANS = np.array([102.9801, 115.9465, 122.7717], np.float32)
 S = 32

@@ -135,15 +135,15 @@ def test_killed_snapshot_leaves_no_partial_file(tmp_path, monkeypatch):
     s = _solver(_make(d, max_iter=1, snapshot=0, snapshot_after_train=False))
     s.step(1)
     import caffe_compat.binary as binary
-    real = binary._write_blob_body
+    real = binary.blobs._write_blob_body
 
     def dying(f, b):
         f.write(b"\0" * 16)
         raise KeyboardInterrupt  # what a kill mid-write looks like to the writer
-    monkeypatch.setattr(binary, "_write_blob_body", dying)
+    monkeypatch.setattr(binary.blobs, "_write_blob_body", dying)
     with pytest.raises(KeyboardInterrupt):
         s.snapshot()
-    monkeypatch.setattr(binary, "_write_blob_body", real)
+    monkeypatch.setattr(binary.blobs, "_write_blob_body", real)
     assert [f for f in os.listdir(d) if "_iter_" in f or f.endswith(".tmp")] == []
 
 

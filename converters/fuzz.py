@@ -1,5 +1,8 @@
 """A seeded fuzzer over every reader and ``load_net``: real files, mutated, with time and memory limits.
 
+It lives here, at the top of the layering, because it drives the readers of
+both ``caffe_compat`` and ``caffekt.converters`` (weights files, deploy forms).
+
 Seeds are real files of each kind (the prototxts under ``../shared/fixtures``
 and the shipped nets when present, plus small nets, caffemodels, solvers,
 solverstates, binaryprotos, safetensors and ``.pt`` files written by our own
@@ -88,9 +91,9 @@ def build_seeds() -> Dict[str, List[bytes]]:
     import numpy as np
     import torch
 
-    from . import binary
-    from .net import load_net
-    from .weights import save_caffemodel
+    from caffe_compat import binary
+    from caffe_compat.net import load_net
+    from caffe_compat.weights import save_caffemodel
 
     seeds: Dict[str, List[bytes]] = {k: [] for k in KINDS}
     seeds["prototxt"] = [SMALL_NET.encode(), SMALL_TRAIN.encode()] + _fixture_texts("net")
@@ -111,7 +114,7 @@ def build_seeds() -> Dict[str, List[bytes]]:
         bp = os.path.join(d, "m.binaryproto")
         binary.write_blobproto(bp, np.arange(2 * 3 * 4, dtype=np.float32).reshape(1, 2, 3, 4))
         seeds["binaryproto"].append(_read(bp))
-        from caffekt.converters.convert import read_weights, write_weights
+        from .convert import read_weights, write_weights
         ws = read_weights(cm)
         for kind in ("safetensors", "pt"):
             p = os.path.join(d, "w" + EXT[kind])
@@ -189,13 +192,13 @@ _SMALL_PROTO: Optional[str] = None
 
 def run_target(kind: str, path: str) -> None:
     """Every reader of ``kind`` on ``path`` (and ``load_net`` where a net is involved)."""
-    from . import io as cio
-    from .errors import CaffeCompatError
-    from .net import load_net
+    from caffe_compat import io as cio
+    from caffe_compat.errors import CaffeCompatError
+    from caffe_compat.net import load_net
 
     if kind in ("caffemodel", "solverstate", "binaryproto"):
         # the decoders themselves, past the file-kind sniffing of the io readers
-        from . import binary
+        from caffe_compat import binary
         with open(path, "rb") as f:
             buf = f.read()
         decode = {"caffemodel": binary.parse_caffemodel, "solverstate": binary.parse_solverstate,
@@ -208,9 +211,9 @@ def run_target(kind: str, path: str) -> None:
         cio.read_caffemodel(path)
         load_net(_SMALL_PROTO, weights=path)
     elif kind == "prototxt":
-        from caffekt.converters.onnx_export import export_form
+        from .deploy_form import export_form
 
-        from .net import name_file
+        from caffe_compat.net import name_file
         cio.read_net(path)
         form, _path, _dropped = export_form(path)   # train/test nets: their deploy form
         try:
@@ -224,7 +227,7 @@ def run_target(kind: str, path: str) -> None:
     elif kind == "binaryproto":
         cio.read_blobproto(path)
     else:
-        from caffekt.converters.convert import read_weights
+        from .convert import read_weights
         read_weights(path)
 
 
@@ -250,7 +253,7 @@ def _vm(key: str) -> Optional[int]:
 
 def classify(kind: str, data: bytes, workdir: str) -> Tuple[str, str, int]:
     """Run one input here: (outcome without hang/crash, detail, peak bytes above the start)."""
-    from .errors import CaffeCompatError
+    from caffe_compat.errors import CaffeCompatError
 
     path = os.path.join(workdir, "input" + EXT[kind])
     with open(path, "wb") as f:
@@ -279,7 +282,7 @@ def classify(kind: str, data: bytes, workdir: str) -> Tuple[str, str, int]:
 def _worker(conn, parent: int) -> None:
     import torch
 
-    from . import budget
+    from caffe_compat import budget
 
     torch.set_num_threads(1)
     budget.set_budget(FUZZ_BUDGET)

@@ -80,6 +80,11 @@ def fmt_shape(shape: Sequence[int], most: int = 8) -> str:
     return "[" + ", ".join(dims) + more + "]"
 
 
+def blob_shape_string(shape: Sequence[int]) -> str:
+    """Blob::shape_string (blob.hpp): ``"2 3 4 (24)"``, bounded like ``fmt_shape``."""
+    return " ".join(fmt_count(d) for d in shape) + f" ({fmt_count(count_of(shape))})"
+
+
 def count_of(shape: Sequence[int]) -> int:
     """The product of ``shape`` (exact Python int; callers check it before allocating)."""
     n = 1

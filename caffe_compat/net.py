@@ -40,7 +40,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .budget import check_shape
+from .budget import blob_shape_string, check_shape
 from .errors import CaffeCompatError, CaffeFormatError, ShapeError, UnknownLayerType, UnsupportedParameter
 from .proto import caffe_pb2
 
@@ -129,14 +129,6 @@ def _swap_param(module: nn.Module, old: nn.Parameter, new: nn.Parameter) -> None
         for k, v in list(m._parameters.items()):
             if v is old:
                 m._parameters[k] = new
-
-
-def _shape_str(shape) -> str:
-    # Blob::shape_string: "2 3 4 (24)"
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return " ".join(str(int(d)) for d in shape) + f" ({n})"
 
 
 class _Wiring:
@@ -338,16 +330,16 @@ class Net(nn.Module):
                     raise ShapeError(
                         f"{where}: cannot share param {name!r} owned by layer {o_name!r} with layer "
                         f"{lp.name!r}; count mismatch.  Owner layer param shape is "
-                        f"{_shape_str(owner.shape)}; sharing layer shape is {_shape_str(p.shape)}")
+                        f"{blob_shape_string(owner.shape)}; sharing layer shape is {blob_shape_string(p.shape)}")
                 if tuple(owner.shape) != tuple(p.shape):
                     raise UnsupportedParameter(
                         f"{where}: PERMISSIVE sharing of param {name!r} between different shapes "
-                        f"({_shape_str(owner.shape)} vs {_shape_str(p.shape)}) is not supported")
+                        f"({blob_shape_string(owner.shape)} vs {blob_shape_string(p.shape)}) is not supported")
             elif tuple(owner.shape) != tuple(p.shape):
                 raise ShapeError(
                     f"{where}: cannot share param {name!r} owned by layer {o_name!r} with layer "
                     f"{lp.name!r}; shape mismatch.  Owner layer param shape is "
-                    f"{_shape_str(owner.shape)}; sharing layer expects shape {_shape_str(p.shape)}")
+                    f"{blob_shape_string(owner.shape)}; sharing layer expects shape {blob_shape_string(p.shape)}")
             info = self.param_info[lid]
             for what in ("lr_mult", "decay_mult"):
                 if spec.HasField(what):

@@ -25,6 +25,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from .budget import blob_shape_string
 from .errors import ShapeError
 
 _SPLIT_TYPES = ("Split", "SPLIT")
@@ -57,10 +58,6 @@ class LoadReport:
         if self.ignored:
             lines.append(f"  ignored source layers: {', '.join(self.ignored)}")
         return "\n".join(lines)
-
-
-def _shape_str(shape) -> str:
-    return " ".join(str(int(d)) for d in shape) + f" ({int(np.prod(shape, dtype=np.int64)) if len(shape) else 1})"
 
 
 def shape_equals(target_shape: Sequence[int], source_shape: Sequence[int], legacy: bool) -> bool:
@@ -174,8 +171,8 @@ def copy_trained_layers(net, source, strict: bool = True, tower: Optional[int] =
             for j, (p, a) in enumerate(zip(blobs, arrays)):
                 if not shape_equals(p.shape, a.shape, legacy):
                     problem = (f"cannot copy param {j} weights from layer {name!r}; shape mismatch.  "
-                               f"Source param shape is {_shape_str(a.shape)}; target param shape is "
-                               f"{_shape_str(p.shape)}.  To learn this layer's parameters from scratch "
+                               f"Source param shape is {blob_shape_string(a.shape)}; target param shape is "
+                               f"{blob_shape_string(p.shape)}.  To learn this layer's parameters from scratch "
                                f"rather than copying from a saved net, rename the layer.")
                     hint = stride_hint(net, name, a.shape)
                     if hint:

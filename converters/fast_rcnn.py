@@ -390,7 +390,8 @@ def export_frcnn(source: str, target: str, out: Optional[str],
     if bad:
         raise UnsupportedParameter(f"--fill: target {target_desc} has no learnable layer(s) {bad}")
     explicit = set((mapping or {}).values())
-    from caffe_compat.weights import shape_equals, _shape_str
+    from caffe_compat.budget import blob_shape_string
+    from caffe_compat.weights import shape_equals
 
     torch.manual_seed(seed)
     blobs: "OrderedDict[str, List[np.ndarray]]" = OrderedDict()
@@ -407,8 +408,8 @@ def export_frcnn(source: str, target: str, out: Optional[str],
                 for j, (a, s) in enumerate(zip(arrays, shapes)):
                     if not shape_equals(s, a.shape, legacy):
                         problem = (f"cannot copy param {j} weights from layer {name!r}; shape "
-                                   f"mismatch.  Source param shape is {_shape_str(a.shape)}; "
-                                   f"target param shape is {_shape_str(s)}")
+                                   f"mismatch.  Source param shape is {blob_shape_string(a.shape)}; "
+                                   f"target param shape is {blob_shape_string(s)}")
                         break
             if problem is None and not (conv_only and lp.type == "InnerProduct"):
                 blobs[name] = [np.asarray(a, dtype=np.float32).reshape(s) for a, s in zip(arrays, shapes)]

@@ -356,7 +356,7 @@ def export_frcnn(source: str, target: str, out: Optional[str],
 
     src_proto, weights = _parse_source(source)
     ws = read_weights(weights)
-    legacy = ws.legacy
+    legacy = ws.legacy   # the file's, before tower/mapping make new weight sets
     if src_proto:
         _check_source_prototxt(src_proto, ws)
     param, target_desc, tpath = _read_target(target)
@@ -369,48 +369,79 @@ def export_frcnn(source: str, target: str, out: Optional[str],
         report.renamed += renames
         report.ignored += others
     tl = target_layers(param, phase=phase, path=tpath)
-    if mapping:
-        for src, dst in mapping.items():
-            if ws.get(src) is None:
-                raise UnsupportedParameter(f"--map {src}={dst}: the source has no weight layer "
-                                           f"{src!r} (it has: {', '.join(ws.names())})")
-            if dst not in tl:
-                raise UnsupportedParameter(f"--map {src}={dst}: target {target_desc} has no "
-                                           f"learnable layer {dst!r} (it has: {', '.join(tl)})")
-        # a source layer already called like a map destination gives way to the mapped one
-        displaced = [lw.name for lw in ws if lw.name in set(mapping.values()) and lw.name not in mapping]
-        ws = WeightSet(lw for lw in ws if lw.name not in displaced)
-        report.ignored += displaced
-        for lw in ws:
-            if lw.name in mapping:
-                report.renamed.append((lw.name, mapping[lw.name]))
-                lw.name = mapping[lw.name]
+    ws = _apply_mapping(ws, mapping or {}, tl, target_desc, report)
     fill_for = {s.layer: s for s in fills}
     bad = [n for n in fill_for if n not in tl]
     if bad:
         raise UnsupportedParameter(f"--fill: target {target_desc} has no learnable layer(s) {bad}")
-    explicit = set((mapping or {}).values())
+    torch.manual_seed(seed)
+    blobs = _target_blobs(tl, ws, legacy, fill_for, set((mapping or {}).values()), conv_only, fc_std,
+                          fc_bias, target_desc, report)
+    if rescale is not None:
+        from .rescale import rescale_blobs
+        opts = {"layers": "initialised", "seed": seed, **(rescale_options or {})}
+        report.rescale = rescale_blobs(param, blobs, rescale, rescale_mode, path=tpath,
+                                       initialised=[n for n, _ in report.initialised], **opts)
+    deploy = None
+    if deploy_out is not None:
+        from .deploy_form import deploy_form
+        deploy = param if target in BUILTIN_TARGETS else deploy_form(param, tpath)
+    if out is not None:
+        report.nbytes = write_frcnn_caffemodel(out, tl, blobs)
+    if deploy is not None:
+        from caffe_compat.prototxt import write_prototxt
+        write_prototxt(deploy, deploy_out)
+        report.deploy_out = deploy_out
+    return report
+
+
+def _apply_mapping(ws, mapping: Mapping[str, str], tl, target_desc: str, report: FrcnnReport):
+    """``--map SRC=DST``: source layers renamed onto target layers (checked first)."""
+    if not mapping:
+        return ws
+    for src, dst in mapping.items():
+        if ws.get(src) is None:
+            raise UnsupportedParameter(f"--map {src}={dst}: the source has no weight layer "
+                                       f"{src!r} (it has: {', '.join(ws.names())})")
+        if dst not in tl:
+            raise UnsupportedParameter(f"--map {src}={dst}: target {target_desc} has no "
+                                       f"learnable layer {dst!r} (it has: {', '.join(tl)})")
+    # a source layer already called like a map destination gives way to the mapped one
+    displaced = [lw.name for lw in ws if lw.name in set(mapping.values()) and lw.name not in mapping]
+    ws = WeightSet(lw for lw in ws if lw.name not in displaced)
+    report.ignored += displaced
+    for lw in ws:
+        if lw.name in mapping:
+            report.renamed.append((lw.name, mapping[lw.name]))
+            lw.name = mapping[lw.name]
+    return ws
+
+
+def _copy_problem(name: str, arrays, shapes, legacy: bool) -> Optional[str]:
+    """Why the source blobs of ``name`` cannot be copied (CopyTrainedLayersFrom's checks), or None."""
     from caffe_compat.budget import blob_shape_string
     from caffe_compat.weights import shape_equals
+    if len(arrays) != len(shapes):
+        return (f"incompatible number of blobs for layer {name!r}: source has "
+                f"{len(arrays)}, target has {len(shapes)}")
+    for j, (a, s) in enumerate(zip(arrays, shapes)):
+        if not shape_equals(s, a.shape, legacy):
+            return (f"cannot copy param {j} weights from layer {name!r}; shape "
+                    f"mismatch.  Source param shape is {blob_shape_string(a.shape)}; "
+                    f"target param shape is {blob_shape_string(s)}")
+    return None
 
-    torch.manual_seed(seed)
+
+def _target_blobs(tl, ws, legacy: bool, fill_for, explicit, conv_only: bool, fc_std: float, fc_bias: float,
+                  target_desc: str, report: FrcnnReport) -> "OrderedDict[str, List[np.ndarray]]":
+    """Every learnable target layer's blobs: copied from the source when they fit, else initialised."""
     blobs: "OrderedDict[str, List[np.ndarray]]" = OrderedDict()
     src = ws.as_dict()
     for name, (lp, shapes) in tl.items():
         arrays = src.get(name)
         reason = None
         if arrays is not None and name not in fill_for:
-            problem = None
-            if len(arrays) != len(shapes):
-                problem = (f"incompatible number of blobs for layer {name!r}: source has "
-                           f"{len(arrays)}, target has {len(shapes)}")
-            else:
-                for j, (a, s) in enumerate(zip(arrays, shapes)):
-                    if not shape_equals(s, a.shape, legacy):
-                        problem = (f"cannot copy param {j} weights from layer {name!r}; shape "
-                                   f"mismatch.  Source param shape is {blob_shape_string(a.shape)}; "
-                                   f"target param shape is {blob_shape_string(s)}")
-                        break
+            problem = _copy_problem(name, arrays, shapes, legacy)
             if problem is None and not (conv_only and lp.type == "InnerProduct"):
                 blobs[name] = [np.asarray(a, dtype=np.float32).reshape(s) for a, s in zip(arrays, shapes)]
                 report.copied.append(name)
@@ -431,22 +462,7 @@ def export_frcnn(source: str, target: str, out: Optional[str],
         blobs[name] = new
         report.initialised.append((name, how + (f"; {reason}" if reason else "")))
     report.ignored += [n for n in src if n not in tl]
-    if rescale is not None:
-        from .rescale import rescale_blobs
-        opts = {"layers": "initialised", "seed": seed, **(rescale_options or {})}
-        report.rescale = rescale_blobs(param, blobs, rescale, rescale_mode, path=tpath,
-                                       initialised=[n for n, _ in report.initialised], **opts)
-    deploy = None
-    if deploy_out is not None:
-        from .deploy_form import deploy_form
-        deploy = param if target in BUILTIN_TARGETS else deploy_form(param, tpath)
-    if out is not None:
-        report.nbytes = write_frcnn_caffemodel(out, tl, blobs)
-    if deploy is not None:
-        from caffe_compat.prototxt import write_prototxt
-        write_prototxt(deploy, deploy_out)
-        report.deploy_out = deploy_out
-    return report
+    return blobs
 
 
 def write_frcnn_caffemodel(path: str, tl, blobs: Mapping[str, Sequence[np.ndarray]]) -> int:

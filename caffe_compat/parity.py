@@ -53,6 +53,8 @@ def _final_writers(net) -> Dict[str, Tuple[int, int]]:
     return last
 
 
+# Long on purpose: OpenCV's dnn needs a probe layer per blob, a temp file pair and its own error
+# mapping, in this order; each step is short.
 def opencv_forward(prototxt_text: str, caffemodel_path: str,
                    inputs: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
     """Every blob's final value after one OpenCV dnn forward pass.
@@ -342,6 +344,7 @@ def random_inputs(net, seed: int) -> Dict[str, np.ndarray]:
     return judge_random_inputs(net, seed)
 
 
+# Long on purpose: the steps of one parity run in order (net, inputs, both sides, judge, report).
 def run_parity(prototxt: str, weights: str, backend: str,
                input_shapes: Optional[Mapping[str, Sequence[int]]] = None, seed: int = 0,
                atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, caffe_python: Optional[str] = None,

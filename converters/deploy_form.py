@@ -39,6 +39,8 @@ def _declared_shape(lp, i: int) -> Optional[Tuple[int, ...]]:
     return tuple([1] + dims[1:]) if dims else ()   # batch 1: the deploy form's batch is dynamic
 
 
+# Long on purpose: one pass over the TEST layers that decides data tops, dead tops and the Softmax
+# left by each dropped loss; the rules are listed in the docstring in the same order.
 def deploy_form(param, path: Optional[str] = None,
                 input_shapes: Optional[Mapping[str, Sequence[int]]] = None, keep_losses: bool = False):
     """The target's deploy net: its TEST-phase layers, data layers replaced by one Input layer.

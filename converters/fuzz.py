@@ -350,6 +350,7 @@ class FuzzReport:
         return "\n".join(lines)
 
 
+# Long on purpose: the worker-pool loop (spawn, feed, time out, retry, record) reads best in one place.
 def run_fuzz(n: int, seed: int = 0, workers: int = 2, time_limit: float = 5.0, start: int = 0,
              progress: Optional[Callable[[int], None]] = None,
              seeds: Optional[Dict[str, List[bytes]]] = None) -> FuzzReport:

@@ -135,6 +135,7 @@ def _mismatch(have: dict, want: Request, path: str) -> None:
                                f"is set there ({old[k]!r}) but not here; delete the file to start over")
 
 
+# Long on purpose: the resumable, sharded writer loop (manifest, batches, progress, atomic close).
 def write_rows(out: str, req: Request, rows: Callable[[np.ndarray], np.ndarray], *, batch_size: int = 64,
                progress: bool = True, on_batch: Optional[Callable[[int], None]] = None,
                desc: str = "features") -> np.ndarray:

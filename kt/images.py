@@ -66,6 +66,8 @@ def _decode_one(path: str) -> Tuple[Optional[bytes], Optional[str]]:
         return None, f"{type(e).__name__}: {e}"
 
 
+# Long on purpose: the resumable decode loop (manifest check, progress file, worker pool, skips)
+# keeps its state in locals that each step updates.
 def prep_stored(images, out: str, *, skip_bad: bool = False, workers: int = 0,
                 chunk: int = 256, progress: bool = False) -> dict:
     """Build (or finish building) the stored images of ``images`` (a path or a list of files) in ``out``.

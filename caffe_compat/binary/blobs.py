@@ -102,6 +102,8 @@ class DecodedBlob:
     diff: Optional[np.ndarray] = None
 
 
+# Long on purpose: one pass over a BlobProto's wire fields, each case a few lines; split up, the
+# buffer would be walked again or the state passed around.
 def decode_blob(buf, start: int, end: int, path: Optional[str] = None, where: str = "blob",
                 with_diff: bool = False) -> DecodedBlob:
     """Decode the ``BlobProto`` in ``buf[start:end]`` (see the module docstring for the rules)."""

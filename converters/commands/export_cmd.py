@@ -18,6 +18,7 @@ EXAMPLE = """caffekt export frcnn --from jps_alexnet.caffemodel --target caffene
 caffekt export onnx deploy.prototxt weights.caffemodel -o net.onnx"""
 
 
+# Long on purpose: it only declares the options of two subcommands.
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="what", metavar="WHAT")
     sub.required = True

@@ -23,6 +23,7 @@ EXAMPLE = """caffekt kt jigsaw perms --n 701 -o perms.bin
 caffekt kt jigsaw train --images photos/ --perms perms.bin -o jigsaw_out"""
 
 
+# Long on purpose: it only declares the options of four subcommands.
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="jigsaw_command", metavar="ACTION")
     sub.required = True

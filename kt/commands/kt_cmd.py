@@ -30,9 +30,16 @@ caffekt kt cluster feats.npy --k 2000 -o labels.txt"""
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="kt_command", metavar="STAGE")
     sub.required = True
-
     jigsaw_cmd.add_arguments(subcommand(sub, "jigsaw", jigsaw_cmd.HELP, jigsaw_cmd.EXAMPLE))
+    _args_features(sub)
+    _args_hog(sub)
+    _args_cluster(sub)
+    _args_train_cc(sub)
+    _args_probe(sub)
+    _args_run(sub)
 
+
+def _args_features(sub) -> None:
     p = subcommand(sub, "features", "extract a blob of a net for every image (resumable)",
                    "caffekt kt features --model deploy.prototxt:teacher.caffemodel --blob conv5 "
                    "--images train.txt -o conv5.npy")
@@ -57,18 +64,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     add_quiet(p, old=True)
 
+
+def _args_hog(sub) -> None:
     p = subcommand(sub, "hog", "HOG descriptors (OpenCV or scikit-image) in the feature-file format",
                    "caffekt kt hog --images train.txt -o hog.npy")
     p.add_argument("--images", required=True)
     add_output(p, "feature file (.npy or .f32)", required=True, metavar="FILE", old=("--out",))
-    p.add_argument("--size", type=int, default=64, help="images resized to SIZE x SIZE gray")
-    p.add_argument("--cell", type=int, default=8)
-    p.add_argument("--bins", type=int, default=9)
-    p.add_argument("--backend", choices=("opencv", "skimage"), default="opencv")
+    from caffekt.kt.hog import BACKENDS, HOG_DEFAULTS
+    p.add_argument("--size", type=int, default=HOG_DEFAULTS["size"], help="images resized to SIZE x SIZE gray")
+    p.add_argument("--cell", type=int, default=HOG_DEFAULTS["cell"])
+    p.add_argument("--bins", type=int, default=HOG_DEFAULTS["bins"])
+    p.add_argument("--backend", choices=BACKENDS, default=HOG_DEFAULTS["backend"])
     p.add_argument("--l2", action="store_true")
     p.add_argument("--batch-size", type=int, default=256)
     add_quiet(p, old=True)
 
+
+def _args_cluster(sub) -> None:
     p = subcommand(sub, "cluster", "k-means pseudo-labels of a feature file",
                    "caffekt kt cluster conv5.npy --k 2000 -o labels.txt --truth val.txt")
     p.add_argument("features")
@@ -84,6 +96,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--images", help="images for the montage (default: those the feature manifest names)")
     add_json(p)
 
+
+def _args_train_cc(sub) -> None:
     p = subcommand(sub, "train-cc", "cluster classification: AlexNet trained on pseudo-labels",
                    "caffekt kt train-cc --labels labels.txt --max-iter 1000 -o cc_out")
     p.add_argument("--labels", required=True, help="'path label' list from kt cluster")
@@ -102,6 +116,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=0)
     add_quiet(p, old=True)
 
+
+def _args_probe(sub) -> None:
     p = subcommand(sub, "probe", "linear probes on frozen conv1..conv5, with a random-init baseline",
                    "caffekt kt probe --model cc=cc_out/deploy.prototxt:cc_out/final.caffemodel "
                    "--train train.txt --val val.txt -o probes")
@@ -119,6 +135,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_quiet(p, old=True)
     add_json(p)
 
+
+def _args_run(sub) -> None:
     p = subcommand(sub, "run", "run a pipeline config, resuming at its first missing stage",
                    "caffekt kt run --list\ncaffekt kt run hog_cc_small --workdir work --var seed=1")
     p.add_argument("config", nargs="?", help="config file, or a shipped name (e.g. hog_cc_small)")

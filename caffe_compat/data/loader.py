@@ -112,7 +112,7 @@ class _WorkerInit:
     No thread-pool calls here: OpenCV's and OpenMP's pools do not survive
     ``fork``, and resizing them in a forked worker can deadlock (seen with
     ``cv2.setNumThreads`` and ``torch.set_num_threads``).  torch's worker loop
-    already runs torch single-threaded, and ``_serial_opencv`` makes OpenCV
+    already runs torch single-threaded, and ``_fork_safe`` makes OpenCV
     single-threaded in the parent while the workers fork.
     """
 
@@ -128,15 +128,23 @@ class _WorkerInit:
 
 
 @contextlib.contextmanager
-def _serial_opencv():
-    """OpenCV single-threaded while DataLoader workers are forked (children inherit it), then restored."""
+def _fork_safe():
+    """While DataLoader workers are forked: OpenCV single-threaded (children inherit it), and the
+    parent's garbage collected and the rest frozen, so no child ever runs the destructor of a
+    parent object whose threads it does not have (an onnxruntime session's destructor waiting on
+    its thread pool deadlocked a worker in the full suite).  Restored afterwards."""
+    import gc
+
     import cv2
 
     before = cv2.getNumThreads()
     cv2.setNumThreads(1)
+    gc.collect()
+    gc.freeze()
     try:
         yield
     finally:
+        gc.unfreeze()
         cv2.setNumThreads(before)
 
 
@@ -148,7 +156,7 @@ def start_workers(dataset, *, seed: int, num_workers: int = 0, **dataloader_kwar
     """
     if num_workers > 0:
         dataloader_kwargs.setdefault("worker_init_fn", _WorkerInit(_check_seed(seed)))
-    with _serial_opencv():
+    with _fork_safe():
         return iter(DataLoader(dataset, num_workers=num_workers, **dataloader_kwargs))
 
 
@@ -180,7 +188,7 @@ class CaffeLoader:
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         self.sampler.epoch, self.sampler.start = self.epoch, self.index
-        with _serial_opencv():
+        with _fork_safe():
             batches = iter(self.dataloader)  # forks the workers (first time, or every epoch)
         for data, labels, skipped, used in batches:
             # counted before the yield: a snapshot taken after this batch's step resumes after it

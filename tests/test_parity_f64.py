@@ -105,13 +105,14 @@ def test_one_weight_off_by_1e3_fails_on_opencv(caffenet05, monkeypatch, capsys):
 
 
 def _onnx_with(monkeypatch, change) -> None:
-    real = parity.onnxruntime_forward
+    from caffekt.converters import parity_backend   # what the onnxruntime entry point loads
+    real = parity_backend.onnxruntime_forward
 
     def fake(net, inputs, opset=17):
         other = copy.deepcopy(net)
         change(other)
         return real(other, inputs, opset)
-    monkeypatch.setattr(parity, "onnxruntime_forward", fake)
+    monkeypatch.setattr(parity_backend, "onnxruntime_forward", fake)
 
 
 def test_one_weight_off_by_1e3_fails_on_onnxruntime(caffenet05, monkeypatch, capsys):

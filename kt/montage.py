@@ -88,8 +88,12 @@ def size_histogram_text(sizes: np.ndarray, bins: int = 10, width: int = 40) -> s
 
 
 def accuracy_bars_png(table: Dict[str, Dict[str, float]], out_png: str, title: str = "linear probes",
-                      chance: Optional[float] = None) -> None:
-    """Grouped bars: one group per layer, one bar per model (``table[model][layer] = accuracy``)."""
+                      chance: Optional[float] = None, errors: Optional[Dict[str, Dict[str, float]]] = None,
+                      ylim: Optional[tuple] = None) -> None:
+    """Grouped bars: one group per layer, one bar per model (``table[model][layer] = accuracy``).
+
+    ``errors[model][layer]`` (same units) draws an error bar (e.g. the std over seeds).
+    """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -99,10 +103,14 @@ def accuracy_bars_png(table: Dict[str, Dict[str, float]], out_png: str, title: s
     w = 0.8 / max(len(models), 1)
     fig, ax = plt.subplots(figsize=(1.2 * len(layers) + 2, 3.5))
     for i, m in enumerate(models):
-        ax.bar(x + (i - (len(models) - 1) / 2) * w, [100 * table[m].get(l, np.nan) for l in layers], w, label=m)
+        err = None if errors is None else [100 * errors.get(m, {}).get(l, 0.0) for l in layers]
+        ax.bar(x + (i - (len(models) - 1) / 2) * w, [100 * table[m].get(l, np.nan) for l in layers], w, label=m,
+               yerr=err, capsize=2 if err else 0, error_kw={"lw": 0.8})
     if chance is not None:
         ax.axhline(100 * chance, color="k", ls="--", lw=1, label="chance")
     ax.set_xticks(x, layers)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(title)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))   # outside: bars stay visible

@@ -5,6 +5,8 @@ each stage is ``{"name", "kind", ...params}``.  Strings may use ``{var}``
 for ``vars``, ``{workdir}`` and ``{config_dir}``.  Kinds:
 
 * ``photos``   the small labelled set built from scikit-image's photos (``build_photo_set``)
+* ``fashion-mnist``  Fashion-MNIST as upsampled PNGs + lists (+ a pretext LMDB), cached
+               (``kt.fashion.build_fashion_mnist``; keys: out, train, test, size, seed, lmdb)
 * ``jigsaw``   Jigsaw++ pretext training (``caffekt.kt.jigsaw.train``) -> ``teacher.caffemodel``
                (keys: arch, width, fc6, fc7, perms (a count: that many generated
                permutations, or a file), max_iter, batch_size, base_lr, snapshot,
@@ -317,8 +319,21 @@ def _probe(st):
     print(table_markdown(table))
 
 
+def _fashion_outputs(st):
+    return [os.path.join(st["out"], f) for f in ("unlabelled.txt", "train.txt", "test.txt", "fashion_mnist.json")]
+
+
+def _fashion(st):
+    from .fashion import build_fashion_mnist
+    (out,) = _need(st, "out")
+    build_fashion_mnist(out, train=st.get("train", 60000), test=st.get("test", 10000), size=st.get("size", 64),
+                        seed=st.get("seed", 0), lmdb=st.get("lmdb", False), src=st.get("source"),
+                        progress=st.get("progress", False))
+
+
 STAGES: Dict[str, tuple] = {
     "photos": (_photos_outputs, _photos),
+    "fashion-mnist": (_fashion_outputs, _fashion),
     "jigsaw": (_jigsaw_outputs, _jigsaw),
     "features": (_features_outputs, _features),
     "hog": (_features_outputs, _hog),

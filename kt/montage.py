@@ -66,10 +66,13 @@ def size_histogram_png(sizes: np.ndarray, out_png: str, title: str = "cluster si
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.hist(np.asarray(sizes), bins=min(50, max(5, len(sizes))), color="#4477aa")
     ax.set_xlabel("images in cluster")
     ax.set_ylabel("clusters")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))   # counts: no 2.5 clusters
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(title)
     _write_png_bytes(out_png, _figure_png(fig))
     plt.close(fig)

@@ -1,6 +1,7 @@
 """``caffekt demo [--quick] [--out DIR] [--seed S]``: the paper's story end to end, small, offline.
 
-Builds a labelled image set from scikit-image's bundled photos (cached),
+Builds the image set (Fashion-MNIST when installed, else crops of
+scikit-image's bundled photos; cached),
 trains a small Jigsaw++ teacher, clusters its features, trains the
 stride-4 AlexNet student on the clusters, probes all three nets, exports the
 student for Fast R-CNN and to ONNX (both checked), and writes
@@ -19,11 +20,13 @@ def add_arguments(parser) -> None:
                         help="folder for work/, export/ and report/ (default ./caffekt-demo; emptied first "
                              "when an earlier demo made it)")
     parser.add_argument("--seed", type=int, default=0, metavar="S",
-                        help="seed of training, clustering and probes (the photo set is fixed)")
+                        help="seed of training, clustering and probes (the image set is fixed)")
     parser.add_argument("--cache", default=None, metavar="DIR",
-                        help="where the photo set is built once (default $CAFFEKT_CACHE or ~/.cache/caffekt)")
+                        help="where the image set is built once (default $CAFFEKT_CACHE or ~/.cache/caffekt)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="torch threads (default: torch's, or 1 when the machine is already busy)")
+    parser.add_argument("--data", default="auto", choices=("auto", "fashion-mnist", "photos"),
+                        help="image set (default auto: Fashion-MNIST when installed, else scikit-image's photos)")
     parser.add_argument("--no-progress", action="store_true", help="stage lines only, no progress bars")
 
 
@@ -31,5 +34,5 @@ def run(args) -> int:
     from caffekt.kt.demo import run_demo
 
     res = run_demo(args.out, quick=args.quick, seed=args.seed, cache_dir=args.cache,
-                   progress=not args.no_progress, threads=args.threads)
+                   progress=not args.no_progress, threads=args.threads, data=args.data)
     return 0 if res.ok else 1

@@ -107,8 +107,9 @@ def _setup(sc: dict, data: dict, n_train: int, n_test: int) -> List[str]:
         f"({sc['hog']['cell']}x{sc['hog']['cell']} cells on {sc['hog']['size']}x{sc['hog']['size']} gray); "
         f"k-means k = {sc['k']} on the {n_train} unlabelled images; the stride-4 AlexNet student (full width, "
         f"{cc['crop_size']}x{cc['crop_size']} random crops of {cc['resize']}x{cc['resize']}, mirror) trained on "
-        f"the pseudo-labels for {cc['max_iter']} iterations of batch {cc['batch_size']} (SGD {cc['base_lr']}, "
-        f"x0.1 at 2/3): cluster classification. The upper bound is the same training on the true labels.", "",
+        f"the pseudo-labels for {cc['max_iter']} iterations of batch {cc['batch_size']} ("
+        + (f"{cc['solver_type']} {cc['base_lr']:g}, constant" if cc.get("solver_type", "SGD") != "SGD"
+           else f"SGD {cc['base_lr']:g}, x0.1 at 2/3") + f"): cluster classification. The upper bound is the same training on the true labels.", "",
         f"*Evaluation*: a linear classifier per frozen layer (conv1..conv5, average-pooled to about 9k dims as "
         f"in the paper's probes, BatchNorm without affine, {sc['probe']['epochs']} epochs of SGD), trained on the "
         f"{n_train} train images and scored on all {n_test} test images (one image = {100 / n_test:.2f} points; "

@@ -79,9 +79,17 @@ def seed_config(sc: dict, seed: int, work: str, data: str) -> dict:
                        **{k: j[k] for k in ("arch", "width", "fc6", "fc7", "perms", "max_iter", "batch_size",
                                             "base_lr", "solver_type", "init", "dropout") if k in j}})
     teacher = {k: f"{deploys[k]}:{os.path.join(work, f'jigsaw_{k}', 'teacher.caffemodel')}" for k in deploys}
-    cc = sc["cc"]
+    cc = dict(sc["cc"])
+    solver = None
+    if cc.get("solver_type", "SGD") != "SGD":   # the small-scale student recipe (a constant-rate solver file)
+        from caffekt.kt.pipeline import constant_solver_file
+        solver = constant_solver_file(os.path.join(work, "cc_solver.prototxt"), cc["solver_type"], cc["base_lr"],
+                                      cc["max_iter"], snapshot=cc["max_iter"], random_seed=seed)
+    cc.pop("solver_type", None)
     recipe = {**cc, "stepsize": max(1, 2 * cc["max_iter"] // 3), "snapshot": cc["max_iter"], "display": 10,
               "random_seed": seed}
+    cc_stage = {"kind": "train-cc", "arch": "alexnet", "progress": False, "recipe": recipe,
+                **({"solver": solver} if solver else {})}
     for key in ("alexnet", "vgg", "hog"):
         feats = os.path.join(work, f"features_{key}.npy")
         if key == "hog":
@@ -95,12 +103,9 @@ def seed_config(sc: dict, seed: int, work: str, data: str) -> dict:
         # truth: the labels give NMI/purity of the clusters only; the pseudo-labels never see them
         stages.append({"name": f"cluster-{key}", "kind": "cluster", "features": feats, "k": sc["k"], "seed": seed,
                        "out": os.path.join(work, f"labels_{key}.txt"), "truth": train})
-        stages.append({"name": f"cc-{key}", "kind": "train-cc", "labels": os.path.join(work, f"labels_{key}.txt"),
-                       "out": os.path.join(work, f"cc_{key}"), "arch": "alexnet", "progress": False,
-                       "recipe": recipe})
-    stages.append({"name": "cc-supervised", "kind": "train-cc", "labels": train,
-                   "out": os.path.join(work, "cc_supervised"), "arch": "alexnet", "progress": False,
-                   "recipe": recipe})
+        stages.append({**cc_stage, "name": f"cc-{key}", "labels": os.path.join(work, f"labels_{key}.txt"),
+                       "out": os.path.join(work, f"cc_{key}")})
+    stages.append({**cc_stage, "name": "cc-supervised", "labels": train, "out": os.path.join(work, "cc_supervised")})
     ccm = {k: f"{os.path.join(work, f'cc_{k}', 'deploy.prototxt')}:{os.path.join(work, f'cc_{k}', 'final.caffemodel')}"
            for k in CC_ROWS}
     probe = {"kind": "probe", "progress": False, "train": train, "val": test, "input_size": sc["input_size"],

@@ -223,3 +223,31 @@ def test_threads_one_on_a_busy_machine_else_torchs(monkeypatch):
     assert d.pick_threads() == torch.get_num_threads()
     monkeypatch.setattr(os, "getloadavg", lambda: (4.0, 1.0, 1.0))
     assert d.pick_threads() == 1
+
+
+def test_smoothing_smooths_and_matches_a_convolution():
+    from caffekt.kt.demo import smooth
+    rng = np.random.default_rng(0)
+    x = 2.0 + rng.normal(size=400)
+    y = smooth(x, 20)
+    # trailing window: after the first 20 values, the mean of the last 20 (an independent np.convolve)
+    np.testing.assert_allclose(y[19:], np.convolve(x, np.ones(20) / 20, mode="valid"), rtol=1e-12)
+    np.testing.assert_allclose(y[:3], [x[0], x[:2].mean(), x[:3].mean()])
+    assert y[19:].std() < x.std() / 3   # it smooths
+    z = x.copy()
+    z[5] = np.nan
+    assert np.isfinite(smooth(z, 20)).all()
+
+
+def test_probe_words_name_resolution_chance_and_margins():
+    from caffekt.kt.demo import probe_words
+    probes = {"student (CC, AlexNet s4)": {"conv1": 0.80, "conv2": 0.86}, "teacher (Jigsaw++ tower)": {"conv1": 0.70},
+              "random init": {"conv1": 0.85, "conv2": 0.84}}
+    text = probe_words(probes, 0.1, 2000, 5000, "test images")
+    assert "scored on 5000 test images: one image is 0.02 points" in text
+    assert "Chance (the most frequent class) is 10.0%" in text
+    margin = 200 * np.sqrt(2 * 0.86 * 0.14 / 5000)
+    assert f"less than about {margin:.1f} points" in text
+    assert "student (CC, AlexNet s4) is level with (within the noise) random init by 1.0 points" in text
+    assert "teacher (Jigsaw++ tower) trails random init by 15.0 points" in text
+    assert "Best layer per net: student (CC, AlexNet s4) 86.0% (conv2), random init 85.0% (conv1)" in text

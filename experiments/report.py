@@ -109,7 +109,8 @@ def _setup(sc: dict, data: dict, n_train: int, n_test: int) -> List[str]:
         f"{cc['crop_size']}x{cc['crop_size']} random crops of {cc['resize']}x{cc['resize']}, mirror) trained on "
         f"the pseudo-labels for {cc['max_iter']} iterations of batch {cc['batch_size']} ("
         + (f"{cc['solver_type']} {cc['base_lr']:g}, constant" if cc.get("solver_type", "SGD") != "SGD"
-           else f"SGD {cc['base_lr']:g}, x0.1 at 2/3") + f"): cluster classification. The upper bound is the same training on the true labels.", "",
+           else f"SGD {cc['base_lr']:g}, x0.1 at 2/3")
+        + "): cluster classification. The upper bound is the same training on the true labels.", "",
         f"*Evaluation*: a linear classifier per frozen layer (conv1..conv5, average-pooled to about 9k dims as "
         f"in the paper's probes, BatchNorm without affine, {sc['probe']['epochs']} epochs of SGD), trained on the "
         f"{n_train} train images and scored on all {n_test} test images (one image = {100 / n_test:.2f} points; "
@@ -140,12 +141,14 @@ def results_markdown(sc: dict, summaries: List[dict], command: str, wall: float,
           f"![probe accuracy per layer]({png})", ""]
     L += ["## Teachers: held-out puzzle accuracy (%), mean ± std over seeds", "",
           "Puzzles of test images (never seen by the pretext task), the teacher's own permutations, fixed "
-          "puzzle seed.", "", "| teacher | permutations | puzzles per seed | accuracy | chance | loss: first → last 10 |",
+          "puzzle seed.", "",
+          "| teacher | permutations | puzzles per seed | accuracy | chance | loss: first → last 10 |",
           "|---|---:|---:|---:|---:|---:|"]
     for key, name in (("alexnet", "Jigsaw++ AlexNet"), ("vgg", "Jigsaw++ VGG16-style")):
         pz = [s["puzzles"][key] for s in summaries]
         lo = [s["losses"][f"jigsaw-{key}"] for s in summaries]
-        L.append(f"| {name} | {pz[0]['permutations']} | {pz[0]['puzzles']} | {_ms([100 * p['accuracy'] for p in pz])} | "
+        L.append(f"| {name} | {pz[0]['permutations']} | {pz[0]['puzzles']} | "
+                 f"{_ms([100 * p['accuracy'] for p in pz])} | "
                  f"{100 * pz[0]['chance']:.1f} | {np.mean([l['first'] for l in lo]):.3f} → "
                  f"{np.mean([l['last10'] for l in lo]):.3f} (chance ln {pz[0]['permutations']} = "
                  f"{math.log(pz[0]['permutations']):.3f}) |")

@@ -198,6 +198,8 @@ def main(argv=None) -> int:
                     "(its PNG goes beside it, named <stem>_probes.png)")
     ap.add_argument("--cache", default=None, help="data cache (default $CAFFEKT_CACHE or ~/.cache/caffekt)")
     ap.add_argument("--jobs", type=int, default=None, help="seeds run at once (default: all)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="rewrite the results from the seeds' summary.json files of an earlier run (no training)")
     ap.add_argument("--worker-seed", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     sc = load_scale(args.scale)
@@ -227,6 +229,8 @@ def main(argv=None) -> int:
     if args.cache:
         base += ["--cache", args.cache]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    if args.report_only:
+        pending = []
     while pending or procs:
         while pending and len(procs) < jobs:
             s = pending.pop(0)
@@ -242,18 +246,28 @@ def main(argv=None) -> int:
     if failed:
         print(f"seeds {failed} failed; no results written", file=sys.stderr)
         return 1
+    if not args.report_only:
+        with open(os.path.join(out, "wall_seconds.json"), "w", encoding="utf-8") as f:
+            json.dump({"seconds": time.perf_counter() - t0}, f)
     summaries = []
     for s in args.seeds:
         with open(os.path.join(out, f"seed_{s}", "summary.json"), encoding="utf-8") as f:
             summaries.append(json.load(f))
     with open(os.path.join(data_dir, "fashion_mnist.json"), encoding="utf-8") as f:
         data_info = json.load(f)
+    wall = time.perf_counter() - t0
+    if args.report_only:   # the training run's wall time: as it recorded it, else the slowest seed's stages
+        try:
+            with open(os.path.join(out, "wall_seconds.json"), encoding="utf-8") as f:
+                wall = json.load(f)["seconds"]
+        except FileNotFoundError:
+            wall = max(sum(s["seconds"].values()) for s in summaries)
     cmd = "python experiments/run.py --scale " + args.scale + " --seeds " + " ".join(map(str, args.seeds))
     results = os.path.abspath(args.results)
     png = os.path.splitext(results)[0] + "_probes.png"
     os.makedirs(os.path.dirname(results), exist_ok=True)
     probes_png(summaries, png, sc)
-    text = results_markdown(sc, summaries, cmd, time.perf_counter() - t0, data_info, os.path.basename(png),
+    text = results_markdown(sc, summaries, cmd, wall, data_info, os.path.basename(png),
                             _versions(), times_data)
     tmp = f"{results}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:

@@ -467,7 +467,8 @@ def _summary(cfg: dict, scale: DemoScale, seed: int, exports: dict, puzzles: dic
     with open(os.path.join(files["dir"], stamp), encoding="utf-8") as f:
         params = json.load(f)
     _, ytest = read_list(files["probe_test"])
-    counts = {"pretext": len(list_image_paths(files["pretext"])), "probe_train": len(read_list(files["probe_train"])[0]),
+    counts = {"pretext": len(list_image_paths(files["pretext"])),
+              "probe_train": len(read_list(files["probe_train"])[0]),
               "probe_test": len(ytest), "clustered": len(list_image_paths(files["cluster"]))}
     with open(os.path.join(work, "pseudo_labels.json"), encoding="utf-8") as f:
         clusters = json.load(f)
@@ -574,7 +575,8 @@ def write_report(report_dir: str, cfg: dict, s: dict) -> None:
          "## Teacher: Jigsaw++", "",
          f"9-tower AlexNet (conv1 stride 2, widths x{sc['jigsaw_width']:g}, fc6 {sc['jigsaw_fc6']} per tile, "
          f"fc7 {sc['jigsaw_fc7']}), {sc['jigsaw_perms']} permutations, {jg['iterations']} iterations of "
-         f"batch {sc['jigsaw_batch']} on the {d['pretext']} unlabelled training images. Loss {jg['first']:.3f} at the first iteration, "
+         f"batch {sc['jigsaw_batch']} on the {d['pretext']} unlabelled training images. "
+         f"Loss {jg['first']:.3f} at the first iteration, "
          f"{jg['last_mean']:.3f} averaged over the last 10 (chance level ln {sc['jigsaw_perms']} = "
          f"{np.log(sc['jigsaw_perms']):.3f}).", "",
          f"Small-scale recipe: {sc.get('jigsaw_init', 'authors')} init + {sc.get('jigsaw_solver', 'SGD')} "
@@ -585,7 +587,8 @@ def write_report(report_dir: str, cfg: dict, s: dict) -> None:
          f"{100 * pz['accuracy']:.1f}% (chance {100 * pz['chance']:.1f}%): " + _puzzle_verdict(pz, sc)
          + _seen_crops_note(jg), "",
          "## Clusters: teacher conv5 -> k-means", "",
-         f"k = {cl['k']} on {cl['images']} images; NMI with the true labels (used only for this check) {cl.get('nmi', float('nan')):.3f}, "
+         f"k = {cl['k']} on {cl['images']} images; NMI with the true labels (used only for this check) "
+         f"{cl.get('nmi', float('nan')):.3f}, "
          f"purity {cl.get('purity', float('nan')):.3f}, empty clusters {cl['empty_clusters']}, "
          f"sizes {min(cl['sizes'])}..{max(cl['sizes'])}.", "",
          "![clusters](clusters.png)", "", "![cluster sizes](cluster_sizes.png)", "",
@@ -618,5 +621,6 @@ def write_report(report_dir: str, cfg: dict, s: dict) -> None:
     _write_text(os.path.join(report_dir, "report.md"), "\n".join(L))
 
 
-__all__ = ["DemoScale", "SCALES", "pick_data", "data_files", "probe_words", "smooth", "DemoResult", "run_demo", "demo_config", "tower_deploy_param",
+__all__ = ["DemoScale", "SCALES", "pick_data", "data_files", "probe_words", "smooth", "DemoResult", "run_demo",
+           "demo_config", "tower_deploy_param",
            "write_tower_deploy", "export_student", "pick_threads", "puzzle_accuracy", "loss_curves_png", "write_report"]

@@ -1,11 +1,11 @@
-"""``caffekt demo [--quick] [--out DIR] [--seed S]``: the paper's story end to end, small, offline.
+"""``caffekt demo [--quick] [--out DIR] [--seed S] [--data D]``: the paper's story end to end, small, offline.
 
-Builds the image set (Fashion-MNIST when installed, else crops of
-scikit-image's bundled photos; cached),
-trains a small Jigsaw++ teacher, clusters its features, trains the
-stride-4 AlexNet student on the clusters, probes all three nets, exports the
-student for Fast R-CNN and to ONNX (both checked), and writes
-``DIR/report/report.md`` with its figures (``caffekt.kt.demo``).  About 10
+Builds the image set (Fashion-MNIST when ``dataset-fashion-mnist`` is
+installed, else crops of scikit-image's bundled photos; the first line says
+which; cached), trains a small Jigsaw++ teacher, clusters its features,
+trains the stride-4 AlexNet student on the clusters, probes all three nets,
+exports the student for Fast R-CNN and to ONNX (both checked), and writes
+``DIR/report/report.md`` with its figures (``caffekt.kt.demo``).  About 6
 minutes on 2 CPU cores; ``--quick`` about one.  Exit 0 when every check
 passed, 1 when an export check failed, 2 on bad input (e.g. ``--out`` names
 a folder that holds something else).

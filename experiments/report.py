@@ -119,14 +119,14 @@ def _setup(sc: dict, data: dict, n_train: int, n_test: int) -> List[str]:
 
 
 def results_markdown(sc: dict, summaries: List[dict], command: str, wall: float, data: dict, png: str,
-                     versions: str, data_seconds: float) -> str:
+                     versions: str, data_seconds: float, note: str = "") -> str:
     n = len(summaries)
     n_train, n_test = sum(data["class_counts"]["train"]), sum(data["class_counts"]["test"])
     L = ["# Reduced-scale reproduction on Fashion-MNIST", "",
          f"Produced by `{command}` (scale `{sc['name']}`, `experiments/configs/{sc['name']}.json`; {n} seeds: "
          f"{', '.join(str(s['seed']) for s in summaries)}, run side by side, one torch thread each), "
          f"{wall / 60:.1f} minutes wall on {os.cpu_count()} CPU cores (shared with other work), "
-         f"{versions}, {time.strftime('%Y-%m-%d', time.gmtime())}.", ""]
+         f"{versions}, {time.strftime('%Y-%m-%d', time.gmtime())}.", ""] + ([note, ""] if note else [])
     L += _setup(sc, data, n_train, n_test)
     L += ["## Linear probes: top-1 accuracy (%) on the test set, mean ± std over seeds", "",
           "| row | " + " | ".join(LAYERS) + " | best layer |", "|---|" + "---:|" * (len(LAYERS) + 1)]

@@ -200,6 +200,7 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=None, help="seeds run at once (default: all)")
     ap.add_argument("--report-only", action="store_true",
                     help="rewrite the results from the seeds' summary.json files of an earlier run (no training)")
+    ap.add_argument("--note", default="", help="a sentence about this run, printed under the command in the results")
     ap.add_argument("--worker-seed", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     sc = load_scale(args.scale)
@@ -268,7 +269,7 @@ def main(argv=None) -> int:
     os.makedirs(os.path.dirname(results), exist_ok=True)
     probes_png(summaries, png, sc)
     text = results_markdown(sc, summaries, cmd, wall, data_info, os.path.basename(png),
-                            _versions(), times_data)
+                            _versions(), times_data, note=args.note)
     tmp = f"{results}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)

@@ -5,7 +5,7 @@ Stages (each a ``kt.pipeline`` stage unless said otherwise):
 1. data         Fashion-MNIST when it is installed (``kt.fashion``: a subset of
                 the train images upsampled to PNG, without labels for the
                 pretext, clustering and student; test images for the probes),
-                built once under ``<cache>/demo-fashion-mnist``; otherwise
+                built once under ``<cache>/demo-fashion-mnist-<sizes>``; otherwise
                 ``photos``: random crops of scikit-image's bundled photos,
                 labelled by source photo, under ``<cache>/demo-photos``;
 2. ``jigsaw``   a Jigsaw++ teacher: the paper's puzzles (9 tiles, permutation
@@ -150,7 +150,8 @@ def data_files(data: str, cache_dir: Optional[str], scale: DemoScale) -> dict:
 
     cache = cache_dir or default_cache_dir()
     if data == "fashion-mnist":
-        d = os.path.join(cache, "demo-fashion-mnist")
+        # one folder per subset: the pipeline takes a stage whose outputs exist as done, whatever its sizes
+        d = os.path.join(cache, f"demo-fashion-mnist-{scale.fm_train}-{scale.fm_test}-{scale.fm_size}")
         stage = {"name": "data", "kind": "fashion-mnist", "out": d, "train": scale.fm_train, "test": scale.fm_test,
                  "size": scale.fm_size, "seed": 0}
         lists = {"pretext": "unlabelled.txt", "cluster": "unlabelled.txt", "truth": "train.txt",

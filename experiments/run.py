@@ -1,52 +1,54 @@
 #!/usr/bin/env python
-"""The paper's comparisons at a scale a 2-core machine manages, over several seeds.
+"""The paper's four claims on Fashion-MNIST, at a scale a 2-core machine manages, over several seeds.
 
-    python experiments/run.py [--seeds 0 1 2] [--scale small] [--out experiments/runs] [--results docs/results.md]
+    python experiments/run.py [--scale small|tiny|full] [--seeds 0 1 2] [--out experiments/runs]
+                              [--results docs/results.md]
 
-Per seed (one process each, run side by side, one torch thread each), on the
-crops of scikit-image's photos that ``caffekt.kt.pipeline.build_photo_set``
-makes (labelled by source photo; the probe task), through ``kt.pipeline``
-stages:
+Per seed (one process each, run side by side, one torch thread each), through
+``kt.pipeline`` stages (the code paths of the full-scale configs):
 
-* a Jigsaw++ AlexNet teacher and a Jigsaw++ VGG-style (deeper) teacher,
-  narrowed and briefly trained with the small-scale recipe of the config
-  (msra fillers + Adam: the authors' SGD 0.01 stays at chance at this size),
-  then scored on held-out puzzles of the val crops;
-* their features (AlexNet conv5 / VGG conv4_3, pooled 3x3, L2) and HOG, each
-  clustered with k-means into pseudo-labels;
-* a stride-4 AlexNet student trained on each set of pseudo-labels (CC);
-* linear probes on conv1..conv5 of: random init, the Jigsaw++ AlexNet teacher,
-  and the three students.
+* ``fashion-mnist``: the data (``kt.fashion``), built once and shared: a
+  subset of the 60,000 train images upsampled to PNG (what pretext, features,
+  clustering and students see, without labels), all 10,000 test images;
+* ``jigsaw``: a Jigsaw++ AlexNet teacher (stride-2 tower) and a deeper
+  Jigsaw++ VGG16-style teacher, widths scaled, then scored on held-out
+  puzzles of test images;
+* ``features`` / ``hog`` + ``cluster``: AlexNet conv5, VGG conv4_3 (pooled 3x3,
+  L2) and HOG, each clustered by k-means into pseudo-labels;
+* ``train-cc``: the stride-4 AlexNet student on each set of pseudo-labels
+  (cluster classification), and the same student on the true labels (the
+  upper bound: the only training that sees labels, besides the probes);
+* ``probe``: linear probes on frozen conv1..conv5, trained on the train
+  subset's labels and scored on all test images, of: random init (student's
+  architecture), the three CC students, the supervised student; and of the
+  teacher with a random init of the teacher's own architecture beside it;
+  plus the same linear probe on raw pixels.
 
-The seed drives training, clustering and probes; the image set is the same
-for every seed.  ``docs/results.md`` gets the tables (mean ± std over seeds)
-and the command that made them.  ``experiments/configs/<scale>.json`` holds
-every size.
+``docs/results.md`` gets the tables (mean ± std over seeds), the four claims
+judged with their numbers, timings, versions and the commands; ``docs/
+results_probes.png`` the probe accuracy per layer and row with error bars.
+``experiments/configs/<scale>.json`` holds every size.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
 import subprocess
 import sys
 import time
-from typing import List
+from typing import Dict, List
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
 
-MODELS = {   # probe row name -> what it is
-    "random init": "stride-4 AlexNet, random weights (the fillers)",
-    "Jigsaw++ AlexNet (teacher)": "the pretext net's first tower",
-    "CC from Jigsaw++ AlexNet": "student on k-means of the AlexNet teacher's conv5",
-    "CC from Jigsaw++ VGG": "student on k-means of the VGG-style teacher's conv4_3",
-    "CC from HOG": "student on k-means of HOG descriptors",
-}
-TEACHERS = {"alexnet": "Jigsaw++ AlexNet conv5", "vgg": "Jigsaw++ VGG conv4_3", "hog": "HOG"}
-LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+from report import results_markdown, probes_png  # noqa: E402  (experiments/report.py)
+
+CC_ROWS = {"alexnet": "CC from Jigsaw++ AlexNet", "vgg": "CC from Jigsaw++ VGG", "hog": "CC from HOG",
+           "supervised": "student on true labels (upper bound)"}
+TEACHER_ROW, TEACHER_RANDOM = "Jigsaw++ AlexNet (teacher)", "random init (teacher's architecture)"
 
 
 def load_scale(scale: str) -> dict:
@@ -55,92 +57,117 @@ def load_scale(scale: str) -> dict:
         return json.load(f)
 
 
-def seed_config(sc: dict, seed: int, work: str, photos: str) -> dict:
+def data_stage(sc: dict, data_dir: str) -> dict:
+    return {"name": "fashion-mnist", "kind": "fashion-mnist", "out": data_dir, **sc["data"]}
+
+
+def seed_config(sc: dict, seed: int, work: str, data: str) -> dict:
     """The ``kt.pipeline`` config of one seed (resolved paths)."""
     from caffekt.kt.demo import write_tower_deploy
 
     os.makedirs(work, exist_ok=True)
-    stages: List[dict] = [{"name": "photos", "kind": "photos", "out": photos, **sc["photos"]}]
+    unlabelled, train, test = (os.path.join(data, f"{p}.txt") for p in ("unlabelled", "train", "test"))
+    stages: List[dict] = [data_stage(sc, data)]
     deploys = {}
     for key in ("alexnet", "vgg"):
         j = sc[f"jigsaw_{key}"]
         deploys[key] = write_tower_deploy(os.path.join(work, f"teacher_{key}_deploy.prototxt"), arch=j["arch"],
                                           width=j["width"], fc6=j["fc6"])
-        stages.append({"name": f"jigsaw-{key}", "kind": "jigsaw", "images": os.path.join(photos, "train.txt"),
+        stages.append({"name": f"jigsaw-{key}", "kind": "jigsaw", "images": unlabelled,
                        "out": os.path.join(work, f"jigsaw_{key}"), "seed": seed, "progress": False,
                        "snapshot": j["max_iter"],
                        **{k: j[k] for k in ("arch", "width", "fc6", "fc7", "perms", "max_iter", "batch_size",
                                             "base_lr", "solver_type", "init", "dropout") if k in j}})
     teacher = {k: f"{deploys[k]}:{os.path.join(work, f'jigsaw_{k}', 'teacher.caffemodel')}" for k in deploys}
+    cc = dict(sc["cc"])
+    solver = None
+    if cc.get("solver_type", "SGD") != "SGD":   # the small-scale student recipe (a constant-rate solver file)
+        from caffekt.kt.pipeline import constant_solver_file
+        solver = constant_solver_file(os.path.join(work, "cc_solver.prototxt"), cc["solver_type"], cc["base_lr"],
+                                      cc["max_iter"], snapshot=cc["max_iter"], random_seed=seed)
+    cc.pop("solver_type", None)
+    recipe = {**cc, "stepsize": max(1, 2 * cc["max_iter"] // 3), "snapshot": cc["max_iter"], "display": 10,
+              "random_seed": seed}
+    cc_stage = {"kind": "train-cc", "arch": "alexnet", "progress": False, "recipe": recipe,
+                **({"solver": solver} if solver else {})}
     for key in ("alexnet", "vgg", "hog"):
         feats = os.path.join(work, f"features_{key}.npy")
         if key == "hog":
-            stages.append({"name": "features-hog", "kind": "hog", "images": os.path.join(photos, "all.txt"),
-                           "out": feats, "progress": False, **sc["hog"]})
+            stages.append({"name": "features-hog", "kind": "hog", "images": unlabelled, "out": feats,
+                           "progress": False, **sc["hog"]})
         else:
             blob = sc[f"jigsaw_{key}"].get("blob", "conv5")
-            stages.append({"name": f"features-{key}", "kind": "features", "images": os.path.join(photos, "all.txt"),
-                           "out": feats, "model": teacher[key], "blob": blob, "preprocess": "tile-mvn",
-                           "progress": False, **sc["features"]})
+            stages.append({"name": f"features-{key}", "kind": "features", "images": unlabelled, "out": feats,
+                           "model": teacher[key], "blob": blob, "preprocess": "tile-mvn", "progress": False,
+                           **sc["features"]})
+        # truth: the labels give NMI/purity of the clusters only; the pseudo-labels never see them
         stages.append({"name": f"cluster-{key}", "kind": "cluster", "features": feats, "k": sc["k"], "seed": seed,
-                       "out": os.path.join(work, f"labels_{key}.txt"), "truth": os.path.join(photos, "all.txt")})
-        cc = sc["cc"]
-        stages.append({"name": f"cc-{key}", "kind": "train-cc", "labels": os.path.join(work, f"labels_{key}.txt"),
-                       "out": os.path.join(work, f"cc_{key}"), "arch": "alexnet", "progress": False,
-                       "recipe": {**cc, "stepsize": max(1, 2 * cc["max_iter"] // 3), "snapshot": cc["max_iter"],
-                                  "display": 10, "random_seed": seed}})
+                       "out": os.path.join(work, f"labels_{key}.txt"), "truth": train})
+        stages.append({**cc_stage, "name": f"cc-{key}", "labels": os.path.join(work, f"labels_{key}.txt"),
+                       "out": os.path.join(work, f"cc_{key}")})
+    stages.append({**cc_stage, "name": "cc-supervised", "labels": train, "out": os.path.join(work, "cc_supervised")})
     ccm = {k: f"{os.path.join(work, f'cc_{k}', 'deploy.prototxt')}:{os.path.join(work, f'cc_{k}', 'final.caffemodel')}"
-           for k in ("alexnet", "vgg", "hog")}
-    stages.append({"name": "probe", "kind": "probe", "progress": False, "random_baseline": "random init",
-                   "models": {"CC from Jigsaw++ AlexNet": ccm["alexnet"], "CC from Jigsaw++ VGG": ccm["vgg"],
-                              "CC from HOG": ccm["hog"], "Jigsaw++ AlexNet (teacher)": teacher["alexnet"]},
-                   "train": os.path.join(photos, "train.txt"), "val": os.path.join(photos, "val.txt"),
-                   "out": os.path.join(work, "probes"), "input_size": sc["input_size"],
-                   "settings": {**sc["probe"], "seed": seed}})
+           for k in CC_ROWS}
+    probe = {"kind": "probe", "progress": False, "train": train, "val": test, "input_size": sc["input_size"],
+             "settings": {**sc["probe"], "seed": seed}}
+    stages.append({**probe, "name": "probe", "random_baseline": "random init",
+                   "models": {CC_ROWS[k]: ccm[k] for k in CC_ROWS}, "out": os.path.join(work, "probes")})
+    stages.append({**probe, "name": "probe-teacher", "random_baseline": TEACHER_RANDOM,
+                   "models": {TEACHER_ROW: teacher["alexnet"]}, "out": os.path.join(work, "probes_teacher")})
     return {"name": f"{sc['name']}_seed{seed}", "workdir": work, "path": "(experiments/run.py)", "stages": stages}
 
 
-def run_seed(sc: dict, seed: int, out: str, photos: str) -> dict:
+def _read_probes(path: str) -> Dict[str, Dict[str, float]]:
+    import csv
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    return {r[0]: {l: float(v) for l, v in zip(rows[0][1:], r[1:]) if v} for r in rows[1:]}
+
+
+def run_seed(sc: dict, seed: int, out: str, data: str) -> dict:
     """Every stage of one seed; returns (and writes) its summary."""
     import torch
 
     from caffe_compat.logs import read_log
     from caffekt.kt import pipeline
+    from caffekt.kt.demo import puzzle_accuracy
+    from caffekt.kt.probes import ProbeSettings, pixel_probe
 
     torch.set_num_threads(1)   # seeds run side by side, one core's worth each
     work = os.path.join(out, f"seed_{seed}")
-    cfg = seed_config(sc, seed, work, photos)
+    cfg = seed_config(sc, seed, work, data)
     times = {}
     for st in cfg["stages"]:
         if all(os.path.exists(o) for o in pipeline.stage_outputs(st)):
-            times[st["name"]] = 0.0   # made earlier (the shared photo set): nothing to time
+            times[st["name"]] = 0.0   # made earlier (the shared data set, or a resumed run)
             continue
         t0 = time.perf_counter()
         pipeline.run(cfg, stop_after=st["name"],
                      log=lambda l: None if l.endswith("(outputs present)") else print(f"[seed {seed}] {l}",
                                                                                        flush=True))
         times[st["name"]] = time.perf_counter() - t0
-    with open(os.path.join(work, "probes", "probes.csv"), newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
-    probes = {r[0]: {l: float(v) for l, v in zip(rows[0][1:], r[1:]) if v} for r in rows[1:]}
+    probes = {**_read_probes(os.path.join(work, "probes", "probes.csv")),
+              **_read_probes(os.path.join(work, "probes_teacher", "probes.csv"))}
+    t0 = time.perf_counter()
+    probes["raw pixels"] = {"pixels": pixel_probe(os.path.join(data, "train.txt"), os.path.join(data, "test.txt"),
+                                                  size=28, settings=ProbeSettings(**{**sc["probe"], "seed": seed}))}
+    times["probe-pixels"] = time.perf_counter() - t0
     clusters = {}
-    for key in TEACHERS:
+    for key in ("alexnet", "vgg", "hog"):
         with open(os.path.join(work, f"labels_{key}.json"), encoding="utf-8") as f:
             c = json.load(f)
         clusters[key] = {"nmi": c["nmi"], "purity": c["purity"], "empty": c["empty_clusters"]}
     losses = {}
-    for key, log in (("jigsaw-alexnet", "jigsaw_alexnet/train_log.csv"), ("jigsaw-vgg", "jigsaw_vgg/train_log.csv"),
-                     ("cc-alexnet", "cc_alexnet/cc_log.csv"), ("cc-vgg", "cc_vgg/cc_log.csv"),
-                     ("cc-hog", "cc_hog/cc_log.csv")):
+    for key, log in (("jigsaw-alexnet", "jigsaw_alexnet/jigsaw_log.csv"), ("jigsaw-vgg", "jigsaw_vgg/jigsaw_log.csv"),
+                     *((f"cc-{k}", f"cc_{k}/cc_log.csv") for k in CC_ROWS)):
         loss = read_log(os.path.join(work, log))["loss"]
         losses[key] = {"first": float(loss[0]), "last10": float(loss[-10:].mean())}
-    from caffekt.kt.demo import puzzle_accuracy
     puzzles = {}
-    for key in ("alexnet", "vgg"):   # held-out puzzles of the val crops, the permutations the stage generated
+    held = os.path.join(data, "test.txt")   # test images: never seen by the pretext task
+    for key in ("alexnet", "vgg"):
         t0 = time.perf_counter()
-        puzzles[key] = puzzle_accuracy(os.path.join(work, f"jigsaw_{key}", "teacher.caffemodel"),
-                                       os.path.join(photos, "val.txt"), sc[f"jigsaw_{key}"]["perms"], seed,
-                                       sc.get("puzzles_eval", 200), seed + 1000)
+        puzzles[key] = puzzle_accuracy(os.path.join(work, f"jigsaw_{key}", "teacher.caffemodel"), held,
+                                       sc[f"jigsaw_{key}"]["perms"], seed, sc["puzzles_eval"], seed + 1000)
         times[f"puzzles-{key}"] = time.perf_counter() - t0
     summary = {"seed": seed, "probes": probes, "clusters": clusters, "losses": losses, "puzzles": puzzles,
                "seconds": times}
@@ -149,134 +176,52 @@ def run_seed(sc: dict, seed: int, out: str, photos: str) -> dict:
     return summary
 
 
-# ------------------------------------------------------------------ tables
-
-
-def _ms(values) -> str:
-    import numpy as np
-    v = np.asarray(values, dtype=float)
-    return f"{v.mean():.1f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.1f}"
-
-
-def results_markdown(sc: dict, summaries: List[dict], command: str, wall: float, photos: dict) -> str:
+def _versions() -> str:
     import numpy as np
     import torch
-
-    seeds = [s["seed"] for s in summaries]
-    n = len(seeds)
-    L = ["# Reduced-scale reproduction", "",
-         f"Produced by `{command}` ({n} seeds: {', '.join(map(str, seeds))}; scale `{sc['name']}`, "
-         f"`experiments/configs/{sc['name']}.json`), {wall / 60:.1f} minutes wall on "
-         f"{os.cpu_count()} CPU cores (shared), torch {torch.__version__}, Python {platform.python_version()}, "
-         f"{time.strftime('%Y-%m-%d', time.gmtime())}.", "",
-         "## Setup", "",
-         f"*Data*: {photos['train'] + photos['val']} random crops ({sc['photos']['size']}x{sc['photos']['size']}, "
-         f"random scale, contrast and brightness) of the {len(photos['photos'])} photos scikit-image ships "
-         f"({', '.join(photos['photos'])}), labelled by source photo; {photos['train']} train / {photos['val']} val. "
-         f"The probe task is which photo a crop comes from (chance {100 * photos['chance']:.1f}%). The same images "
-         "serve as the unlabelled pretext/clustering set (the paper uses ImageNet without labels).", "",
-         f"*Teachers*: Jigsaw++ (9 tiles of 64x64, {sc['jigsaw_alexnet']['perms']} permutations, occluding tiles "
-         f"from another image): AlexNet-style (conv1 stride 2, widths x{sc['jigsaw_alexnet']['width']}) and VGG16-style "
-         f"(13 convolutions, widths x{sc['jigsaw_vgg']['width']}), {sc['jigsaw_alexnet']['max_iter']} and "
-         f"{sc['jigsaw_vgg']['max_iter']} iterations of batch {sc['jigsaw_alexnet']['batch_size']} and "
-         f"{sc['jigsaw_vgg']['batch_size']}; HOG ({sc['hog']['cell']}x{sc['hog']['cell']} cells on "
-         f"{sc['hog']['size']}x{sc['hog']['size']} gray)."
-         + (f" Teacher training: {sc['teacher_recipe']}." if sc.get("teacher_recipe") else ""), "",
-         f"*Transfer*: teacher features pooled 3x3 and L2-normalised, k-means k = {sc['k']}; the stride-4 AlexNet "
-         f"student (full width, {sc['cc']['crop_size']}x{sc['cc']['crop_size']} crops) trained on the pseudo-labels "
-         f"for {sc['cc']['max_iter']} iterations of batch {sc['cc']['batch_size']} (cluster classification).", "",
-         f"*Evaluation*: a linear classifier per frozen layer (conv1..conv5, pooled as in the paper's probes), "
-         f"{sc['probe']['epochs']} epochs of SGD, top-1 on the val crops.", "",
-         "## Linear probes: top-1 accuracy (%), mean ± std over seeds", "",
-         "| model | " + " | ".join(LAYERS) + " | best layer |", "|---|" + "---:|" * (len(LAYERS) + 1)]
-    best_means = {}
-    for m in MODELS:
-        per_layer = [[100 * s["probes"][m][l] for s in summaries] for l in LAYERS]
-        best = [max(100 * s["probes"][m][l] for l in LAYERS) for s in summaries]
-        best_means[m] = (float(np.mean(best)), float(np.std(best, ddof=1)) if n > 1 else 0.0)
-        L.append(f"| {m} | " + " | ".join(_ms(v) for v in per_layer) + f" | {_ms(best)} |")
-    L += ["", "Rows: " + "; ".join(f"*{m}*: {d}" for m, d in MODELS.items()) + ".", "",
-          "## Clusters: agreement with the photo labels, mean ± std over seeds", "",
-          "| features clustered | NMI | purity | empty clusters |", "|---|---:|---:|---:|"]
-    for key, name in TEACHERS.items():
-        nmi = [s["clusters"][key]["nmi"] for s in summaries]
-        pur = [100 * s["clusters"][key]["purity"] for s in summaries]
-        emp = [s["clusters"][key]["empty"] for s in summaries]
-        L.append(f"| {name} | {np.mean(nmi):.3f} ± {np.std(nmi, ddof=1) if n > 1 else 0:.3f} | {_ms(pur)} % | "
-                 f"{np.mean(emp):.1f} |")
-    L += ["", "## Training losses (first iteration → mean of the last 10), mean over seeds", "",
-          "| run | first | last 10 | chance level |", "|---|---:|---:|---:|"]
-    chance = {"jigsaw-alexnet": np.log(sc["jigsaw_alexnet"]["perms"]), "jigsaw-vgg": np.log(sc["jigsaw_vgg"]["perms"]),
-              "cc-alexnet": np.log(sc["k"]), "cc-vgg": np.log(sc["k"]), "cc-hog": np.log(sc["k"])}
-    for key in chance:
-        first = np.mean([s["losses"][key]["first"] for s in summaries])
-        last = np.mean([s["losses"][key]["last10"] for s in summaries])
-        L.append(f"| {key} | {first:.3f} | {last:.3f} | ln {int(round(np.exp(chance[key])))} = {chance[key]:.3f} |")
-    pz = [s["puzzles"] for s in summaries if "puzzles" in s]
-    if len(pz) == n:
-        L += ["", "## Teachers' puzzle accuracy on held-out puzzles of the val crops (%), mean ± std over seeds", "",
-              "| teacher | puzzles per seed | accuracy | chance |", "|---|---:|---:|---:|"]
-        for key in ("alexnet", "vgg"):
-            L.append(f"| Jigsaw++ {key} | {pz[0][key]['puzzles']} | "
-                     f"{_ms([100 * p[key]['accuracy'] for p in pz])} | {100 * pz[0][key]['chance']:.1f} |")
-    L += ["", "## What it shows", ""]
-    ranked = sorted(best_means.items(), key=lambda kv: -kv[1][0])
-    L.append("Best-layer accuracy, highest first: " + ", ".join(f"{m} {v[0]:.1f} ± {v[1]:.1f}" for m, v in ranked)
-             + ".")
-    rnd = best_means["random init"]
-    for m, (mu, sd) in ranked:
-        if m == "random init":
-            continue
-        diff = mu - rnd[0]
-        noise = max(sd, rnd[1])
-        verdict = ("above" if diff > noise else "below" if diff < -noise else "within one std of")
-        L.append(f"- {m}: {diff:+.1f} points vs random init ({verdict} random init at this scale).")
-    jig = chance["jigsaw-alexnet"]
-    jl = np.mean([s["losses"]["jigsaw-alexnet"]["last10"] for s in summaries])
-    L += ["", f"The Jigsaw++ AlexNet teacher's loss ends at {jl:.3f} against the chance level {jig:.3f}: "
-          + ("it has not learned the puzzle task at this budget, so the teachers here are close to random "
-             "feature extractors and the comparison tests the machinery rather than the paper's claim."
-             if jl > jig - 0.05 else "it has started to learn the puzzle task.")]
-    if len(pz) == n:
-        for key in ("alexnet", "vgg"):
-            acc = [p[key]["accuracy"] for p in pz]
-            ch = pz[0][key]["chance"]
-            L[-1] += (f" Jigsaw++ {key} solves {100 * np.mean(acc):.1f}% of held-out puzzles "
-                      f"({np.mean(acc) / ch:.1f}x chance).")
-    L += ["",
-          "Random convolutional features are strong on this task (8 photos with distinct colours and textures), "
-          "which is why random init is a hard baseline here; the paper's gains (e.g. CC from a VGG16 Jigsaw++ "
-          "teacher beating the AlexNet teacher) come from 350K pretext iterations on 1.3M ImageNet images and "
-          "cannot be expected from minutes on a few hundred crops.", "",
-          "## Time per stage (seconds, mean over seeds; seeds ran side by side)", "",
-          "| stage | seconds |", "|---|---:|"]
-    for st in summaries[0]["seconds"]:
-        L.append(f"| {st} | {np.mean([s['seconds'][st] for s in summaries]):.1f} |")
-    L += ["", "## Reproduce", "", "```bash", command, "```", "",
-          "Per-seed work folders (features, pseudo-labels, snapshots, probe tables) are written under the "
-          "`--out` folder; `summary.json` there holds every number above per seed.", ""]
-    return "\n".join(L)
+    out = [f"Python {platform.python_version()}", f"torch {torch.__version__}", f"NumPy {np.__version__}"]
+    for mod in ("cv2", "faiss", "lmdb"):
+        try:
+            m = __import__(mod)
+            out.append(f"{mod} {getattr(m, '__version__', '?')}")
+        except ImportError:
+            pass
+    return ", ".join(out)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--scale", default="small", help="experiments/configs/SCALE.json, or a path to a config")
+    ap.add_argument("--scale", default="small", help="experiments/configs/SCALE.json (tiny, small, full), or a path")
     ap.add_argument("--out", default=os.path.join(HERE, "runs"), help="work folder (per-seed subfolders)")
-    ap.add_argument("--results", default=os.path.join(REPO, "docs", "results.md"), help="markdown file to write")
-    ap.add_argument("--cache", default=None, help="photo set cache (default $CAFFEKT_CACHE or ~/.cache/caffekt)")
+    ap.add_argument("--results", default=os.path.join(REPO, "docs", "results.md"), help="markdown file to write "
+                    "(its PNG goes beside it, named <stem>_probes.png)")
+    ap.add_argument("--cache", default=None, help="data cache (default $CAFFEKT_CACHE or ~/.cache/caffekt)")
     ap.add_argument("--jobs", type=int, default=None, help="seeds run at once (default: all)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="rewrite the results from the seeds' summary.json files of an earlier run (no training)")
+    ap.add_argument("--note", default="", help="a sentence about this run, printed under the command in the results")
     ap.add_argument("--worker-seed", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     sc = load_scale(args.scale)
-    from caffekt.kt.pipeline import build_photo_set, default_cache_dir
-    photos_dir = os.path.join(args.cache or default_cache_dir(), f"experiments-photos-{sc['name']}")
+    from caffekt.kt import fashion
+    from caffekt.kt.pipeline import default_cache_dir
+    d = sc["data"]
+    data_dir = os.path.join(args.cache or default_cache_dir(),
+                            f"fashion-mnist-{d['train']}-{d.get('test', 10000)}-{d['size']}-s{d.get('seed', 0)}")
     out = os.path.abspath(os.path.join(args.out, sc["name"]))
     if args.worker_seed is not None:
-        run_seed(sc, args.worker_seed, out, photos_dir)
+        run_seed(sc, args.worker_seed, out, data_dir)
         return 0
+    if not fashion.available():
+        print(f"Fashion-MNIST is not installed in {fashion.source_dir()}: apt-get install dataset-fashion-mnist "
+              "(or set CAFFEKT_FASHION_MNIST)", file=sys.stderr)
+        return 2
+    print(f"scale {sc['name']}: {sc.get('expected', 'no time estimate')}", flush=True)
     t0 = time.perf_counter()
-    paths = build_photo_set(photos_dir, **sc["photos"])   # once, before the workers share it
+    from caffekt.kt.pipeline import STAGES
+    STAGES["fashion-mnist"][1](data_stage(sc, data_dir))   # once, before the workers share it
+    times_data = time.perf_counter() - t0
     jobs = args.jobs or len(args.seeds)
     procs: List[subprocess.Popen] = []
     pending = list(args.seeds)
@@ -285,6 +230,8 @@ def main(argv=None) -> int:
     if args.cache:
         base += ["--cache", args.cache]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    if args.report_only:
+        pending = []
     while pending or procs:
         while pending and len(procs) < jobs:
             s = pending.pop(0)
@@ -300,25 +247,34 @@ def main(argv=None) -> int:
     if failed:
         print(f"seeds {failed} failed; no results written", file=sys.stderr)
         return 1
+    if not args.report_only:
+        with open(os.path.join(out, "wall_seconds.json"), "w", encoding="utf-8") as f:
+            json.dump({"seconds": time.perf_counter() - t0}, f)
     summaries = []
     for s in args.seeds:
         with open(os.path.join(out, f"seed_{s}", "summary.json"), encoding="utf-8") as f:
             summaries.append(json.load(f))
-    from caffekt.kt.labels import read_list
-    import numpy as np
-    _, yval = read_list(paths["val"])
-    with open(os.path.join(photos_dir, "photo_set.json"), encoding="utf-8") as f:
-        photo_params = json.load(f)
-    photos = {"train": len(read_list(paths["train"])[0]), "val": len(yval), "photos": photo_params["photos"],
-              "chance": float(np.bincount(yval).max() / len(yval))}
-    cmd = "python experiments/run.py --seeds " + " ".join(map(str, args.seeds)) + f" --scale {args.scale}"
-    text = results_markdown(sc, summaries, cmd, time.perf_counter() - t0, photos)
-    os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
-    tmp = f"{args.results}.tmp{os.getpid()}"
+    with open(os.path.join(data_dir, "fashion_mnist.json"), encoding="utf-8") as f:
+        data_info = json.load(f)
+    wall = time.perf_counter() - t0
+    if args.report_only:   # the training run's wall time: as it recorded it, else the slowest seed's stages
+        try:
+            with open(os.path.join(out, "wall_seconds.json"), encoding="utf-8") as f:
+                wall = json.load(f)["seconds"]
+        except FileNotFoundError:
+            wall = max(sum(s["seconds"].values()) for s in summaries)
+    cmd = "python experiments/run.py --scale " + args.scale + " --seeds " + " ".join(map(str, args.seeds))
+    results = os.path.abspath(args.results)
+    png = os.path.splitext(results)[0] + "_probes.png"
+    os.makedirs(os.path.dirname(results), exist_ok=True)
+    probes_png(summaries, png, sc)
+    text = results_markdown(sc, summaries, cmd, wall, data_info, os.path.basename(png),
+                            _versions(), times_data, note=args.note)
+    tmp = f"{results}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
-    os.replace(tmp, args.results)
-    print(f"wrote {args.results} ({(time.perf_counter() - t0) / 60:.1f} min)")
+    os.replace(tmp, results)
+    print(f"wrote {results} and {png} ({(time.perf_counter() - t0) / 60:.1f} min)")
     return 0
 
 

@@ -1,9 +1,13 @@
-"""``caffekt demo``: the paper's whole story, small, on photos that ship with scikit-image.
+"""``caffekt demo``: the paper's whole story, small, on Fashion-MNIST (or photos that ship with scikit-image).
 
 Stages (each a ``kt.pipeline`` stage unless said otherwise):
 
-1. ``photos``   random crops of scikit-image's bundled photos, labelled by source
-                photo, built once under ``<cache>/demo-photos`` (``build_photo_set``);
+1. data         Fashion-MNIST when it is installed (``kt.fashion``: a subset of
+                the train images upsampled to PNG, without labels for the
+                pretext, clustering and student; test images for the probes),
+                built once under ``<cache>/demo-fashion-mnist-<sizes>``; otherwise
+                ``photos``: random crops of scikit-image's bundled photos,
+                labelled by source photo, under ``<cache>/demo-photos``;
 2. ``jigsaw``   a Jigsaw++ teacher: the paper's puzzles (9 tiles, permutation
                 classes, occluding tiles from another image), fewer iterations
                 and permutations, every convolution narrowed by ``jigsaw_width``,
@@ -63,14 +67,36 @@ class DemoScale:
     cc_iter: int = 200
     cc_batch: int = 32
     cc_lr: float = 0.01
+    cc_solver: str = "SGD"        # "Adam": a constant-rate solver file (kt.pipeline.constant_solver_file)
     probe_epochs: int = 40
+    # Fashion-MNIST (used when installed): train images (unlabelled for all but the probes), test images
+    fm_train: int = 2000
+    fm_test: int = 5000
+    fm_size: int = 64
 
 
-SCALES: Dict[str, DemoScale] = {
-    "full": DemoScale("full"),
-    "quick": DemoScale("quick", jigsaw_iter=150, puzzles_eval=40, cc_iter=30,
-                       probe_epochs=10),
+# Per data set: Fashion-MNIST's teacher learns its puzzles in a few hundred iterations (garments share a
+# layout), so it needs fewer than the photos' teacher; the probes' 5000 test images keep the demo near 6 minutes.
+SCALES: Dict[str, Dict[str, DemoScale]] = {
+    "photos": {"full": DemoScale("full"),
+               "quick": DemoScale("quick", jigsaw_iter=150, puzzles_eval=40, cc_iter=30, probe_epochs=10)},
+    # the student: the ImageNet recipe's SGD 0.01 stays at chance for hundreds of iterations here, Adam 1e-4 learns
+    "fashion-mnist": {"full": DemoScale("full", jigsaw_iter=600, k=30, cc_iter=200, cc_lr=1e-4, cc_solver="Adam",
+                                        probe_epochs=20),
+                      "quick": DemoScale("quick", jigsaw_iter=150, puzzles_eval=40, k=10, cc_iter=30, cc_lr=1e-4,
+                                         cc_solver="Adam", probe_epochs=10, fm_train=400, fm_test=500)},
 }
+DATA_KINDS = ("auto", "fashion-mnist", "photos")
+
+
+def pick_data(data: str = "auto") -> str:
+    """``fashion-mnist`` when asked or (``auto``) when installed, else ``photos``."""
+    from .fashion import available
+    if data not in DATA_KINDS:
+        raise CaffeCompatError(f"--data must be one of {', '.join(DATA_KINDS)}, got {data!r}")
+    if data == "auto":
+        return "fashion-mnist" if available() else "photos"
+    return data
 
 
 # ------------------------------------------------------------------ the teacher's deploy
@@ -118,13 +144,32 @@ def write_tower_deploy(path: str, **kw) -> str:
 # ------------------------------------------------------------------ the pipeline config
 
 
-def demo_config(out: str, scale: DemoScale, seed: int = 0, cache_dir: Optional[str] = None,
-                progress: bool = True) -> dict:
-    """The ``kt.pipeline`` config of the demo (already resolved: absolute paths, no ``{var}``)."""
+def data_files(data: str, cache_dir: Optional[str], scale: DemoScale) -> dict:
+    """The data stage and the lists the demo reads: unlabelled (pretext, clustering), truth, probe train/test."""
     from .pipeline import default_cache_dir
 
+    cache = cache_dir or default_cache_dir()
+    if data == "fashion-mnist":
+        # one folder per subset: the pipeline takes a stage whose outputs exist as done, whatever its sizes
+        d = os.path.join(cache, f"demo-fashion-mnist-{scale.fm_train}-{scale.fm_test}-{scale.fm_size}")
+        stage = {"name": "data", "kind": "fashion-mnist", "out": d, "train": scale.fm_train, "test": scale.fm_test,
+                 "size": scale.fm_size, "seed": 0}
+        lists = {"pretext": "unlabelled.txt", "cluster": "unlabelled.txt", "truth": "train.txt",
+                 "probe_train": "train.txt", "probe_test": "test.txt"}
+    else:
+        d = os.path.join(cache, "demo-photos")
+        stage = {"name": "data", "kind": "photos", "out": d, "crops_per_photo": scale.crops_per_photo,
+                 "size": scale.photo_size}
+        lists = {"pretext": "train.txt", "cluster": "all.txt", "truth": "all.txt", "probe_train": "train.txt",
+                 "probe_test": "val.txt"}
+    return {"kind": data, "dir": d, "stage": stage, **{k: os.path.join(d, v) for k, v in lists.items()}}
+
+
+def demo_config(out: str, scale: DemoScale, seed: int = 0, cache_dir: Optional[str] = None,
+                progress: bool = True, data: str = "photos") -> dict:
+    """The ``kt.pipeline`` config of the demo (already resolved: absolute paths, no ``{var}``)."""
     work = os.path.join(os.path.abspath(out), "work")
-    photos = os.path.join(cache_dir or default_cache_dir(), "demo-photos")
+    files = data_files(data, cache_dir, scale)
     deploy = os.path.join(work, "teacher_deploy.prototxt")
     teacher = os.path.join(work, "jigsaw", "teacher.caffemodel")
     cc = os.path.join(work, "cc")
@@ -133,25 +178,26 @@ def demo_config(out: str, scale: DemoScale, seed: int = 0, cache_dir: Optional[s
         "workdir": work,
         "path": "(caffekt demo)",
         "teacher_deploy": deploy,
+        "data": files,
         "stages": [
-            {"name": "photos", "kind": "photos", "out": photos, "crops_per_photo": scale.crops_per_photo,
-             "size": scale.photo_size},
-            {"name": "jigsaw", "kind": "jigsaw", "images": os.path.join(photos, "train.txt"),
+            files["stage"],
+            {"name": "jigsaw", "kind": "jigsaw", "images": files["pretext"],
              "out": os.path.join(work, "jigsaw"), "arch": "alexnet", "perms": scale.jigsaw_perms,
              "max_iter": scale.jigsaw_iter, "batch_size": scale.jigsaw_batch, "snapshot": scale.jigsaw_iter,
              "seed": seed, "width": scale.jigsaw_width, "fc6": scale.jigsaw_fc6, "fc7": scale.jigsaw_fc7,
              "base_lr": scale.jigsaw_lr, "solver_type": scale.jigsaw_solver, "init": scale.jigsaw_init,
              "dropout": scale.jigsaw_dropout, "progress": progress},
-            {"name": "features", "kind": "features", "images": os.path.join(photos, "all.txt"),
+            {"name": "features", "kind": "features", "images": files["cluster"],
              "out": os.path.join(work, "teacher_features.npy"), "model": f"{deploy}:{teacher}",
              "blob": "conv5", "preprocess": "tile-mvn", "l2": True, "batch_size": 32, "pool_grid": 3,
              "progress": progress},
             {"name": "cluster", "kind": "cluster", "features": os.path.join(work, "teacher_features.npy"),
              "k": scale.k, "out": os.path.join(work, "pseudo_labels.txt"), "seed": seed,
-             "truth": os.path.join(photos, "all.txt"), "montage": os.path.join(work, "clusters.png"),
+             "truth": files["truth"], "montage": os.path.join(work, "clusters.png"),
              "hist_png": os.path.join(work, "cluster_sizes.png")},
             {"name": "train-cc", "kind": "train-cc", "labels": os.path.join(work, "pseudo_labels.txt"),
              "out": cc, "arch": "alexnet", "progress": progress,
+             **({"solver": os.path.join(work, "cc_solver.prototxt")} if scale.cc_solver != "SGD" else {}),
              "recipe": {"batch_size": scale.cc_batch, "resize": 72, "crop_size": TILE_INPUT,
                         "max_iter": scale.cc_iter, "stepsize": max(1, (2 * scale.cc_iter) // 3),
                         "snapshot": scale.cc_iter, "display": 10, "base_lr": scale.cc_lr,
@@ -159,7 +205,7 @@ def demo_config(out: str, scale: DemoScale, seed: int = 0, cache_dir: Optional[s
             {"name": "probe", "kind": "probe", "progress": progress,
              "models": {"student (CC, AlexNet s4)": f"{cc}/deploy.prototxt:{cc}/final.caffemodel",
                         "teacher (Jigsaw++ tower)": f"{deploy}:{teacher}"},
-             "train": os.path.join(photos, "train.txt"), "val": os.path.join(photos, "val.txt"),
+             "train": files["probe_train"], "val": files["probe_test"],
              "out": os.path.join(work, "probes"), "input_size": TILE_INPUT,
              "settings": {"epochs": scale.probe_epochs, "lr": 0.01, "batch_size": 32, "seed": seed}},
         ],
@@ -196,26 +242,47 @@ def _write_text(path: str, text: str) -> None:
         f.write(text.encode("utf-8"))
 
 
-def loss_curves_png(logs: Dict[str, str], out_png: str) -> None:
-    """One panel per training log (loss and smoothed loss against the iteration)."""
+def smooth(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing moving average over ``window`` iterations (shorter at the start); NaNs skipped."""
+    v = np.asarray(values, dtype=np.float64)
+    ok = ~np.isnan(v)
+    c = np.concatenate([[0.0], np.cumsum(np.where(ok, v, 0.0))])
+    n = np.concatenate([[0], np.cumsum(ok)])
+    i = np.arange(1, len(v) + 1)
+    lo = np.maximum(0, i - window)
+    cnt = n[i] - n[lo]
+    return np.where(cnt > 0, (c[i] - c[lo]) / np.maximum(cnt, 1), np.nan)
+
+
+def loss_curves_png(logs: Dict[str, str], out_png: str, chance: Optional[Dict[str, float]] = None) -> None:
+    """One panel per training log: the loss, its moving average (1/20 of the run), and the chance level ln(classes).
+
+    The logs' ``smoothed_loss`` is Caffe's ``average_loss`` window, which is
+    1 (no smoothing) in these solvers, so the average is computed here.
+    """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     from caffe_compat.logs import read_log
 
     fig, axes = plt.subplots(1, len(logs), figsize=(5.5 * len(logs), 3.6), squeeze=False)
     for ax, (title, path) in zip(axes[0], logs.items()):
         cols = read_log(path)
-        ax.plot(cols["iter"], cols["loss"], lw=0.8, alpha=0.45, label="loss")
-        if "smoothed_loss" in cols:
-            ax.plot(cols["iter"], cols["smoothed_loss"], lw=1.8, label="smoothed loss")
+        window = max(5, len(cols["loss"]) // 20)
+        ax.plot(cols["iter"], cols["loss"], lw=0.6, alpha=0.35, label="loss")
+        ax.plot(cols["iter"], smooth(cols["loss"], window), lw=2.0, label=f"moving average ({window} iterations)")
+        if chance and title in chance:
+            ax.axhline(chance[title], color="k", ls="--", lw=1,
+                       label=f"chance: ln {int(round(np.exp(chance[title])))} = {chance[title]:.2f}")
         ax.set_title(title)
         ax.set_yscale("log")   # an early spike would otherwise flatten the rest of the curve
         ax.set_xlabel("iteration")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("softmax loss (log scale)")
         ax.grid(alpha=0.3)
-        ax.legend(loc="upper right")
+        ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     with atomic_output(out_png) as f:
         fig.savefig(f, format="png", dpi=90)
@@ -302,30 +369,39 @@ def pick_threads(threads: Optional[int] = None) -> int:
 
 
 def run_demo(out: str = "caffekt-demo", *, quick: bool = False, seed: int = 0, cache_dir: Optional[str] = None,
-             progress: bool = True, threads: Optional[int] = None,
+             progress: bool = True, threads: Optional[int] = None, data: str = "auto",
              log: Callable[[str], None] = print) -> DemoResult:
     """Run the demo into ``out`` (``work/``, ``export/``, ``report/``); see the module doc."""
     import torch
 
     from . import pipeline
+    from .fashion import source_dir
 
-    scale = SCALES["quick" if quick else "full"]
+    data = pick_data(data)
+    scale = SCALES[data]["quick" if quick else "full"]
     t_all = time.perf_counter()
     torch.set_num_threads(pick_threads(threads))
     load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     log(f"caffekt demo ({scale.name}, seed {seed}): torch threads {torch.get_num_threads()}, "
         f"{os.cpu_count()} cores{load}")
+    log(f"data: Fashion-MNIST from {source_dir()}" if data == "fashion-mnist" else
+        "data: scikit-image's photos (Fashion-MNIST is not installed: apt-get install dataset-fashion-mnist)")
     out = os.path.abspath(out)
     _prepare(out)
-    _write_text(os.path.join(out, STAMP), json.dumps({"scale": asdict(scale), "seed": seed}, indent=1))
-    cfg = demo_config(out, scale, seed, cache_dir, progress)
+    _write_text(os.path.join(out, STAMP), json.dumps({"scale": asdict(scale), "seed": seed, "data": data},
+                                                     indent=1))
+    cfg = demo_config(out, scale, seed, cache_dir, progress, data)
     os.makedirs(cfg["workdir"], exist_ok=True)
     write_tower_deploy(cfg["teacher_deploy"], arch="alexnet", width=scale.jigsaw_width, fc6=scale.jigsaw_fc6)
+    cc_stage = next(st for st in cfg["stages"] if st["kind"] == "train-cc")
+    if "solver" in cc_stage:
+        pipeline.constant_solver_file(cc_stage["solver"], scale.cc_solver, scale.cc_lr, scale.cc_iter,
+                                      snapshot=scale.cc_iter, random_seed=seed)
     steps = len(cfg["stages"]) + 2
     times: Dict[str, float] = {}
     quiet = lambda line: None if line.endswith("(outputs present)") else log(line)   # noqa: E731
     for i, st in enumerate(cfg["stages"], 1):
-        log(f"== [{i}/{steps}] {STAGE_TITLES[st['name']]}")
+        log(f"== [{i}/{steps}] {STAGE_TITLES[st['kind'] if st['name'] == 'data' else st['name']]}")
         if all(os.path.exists(o) for o in pipeline.stage_outputs(st)):
             log(f"[{st['name']}] outputs present (cached): {pipeline.stage_outputs(st)[0]}")
             times[st["name"]] = 0.0
@@ -334,7 +410,7 @@ def run_demo(out: str = "caffekt-demo", *, quick: bool = False, seed: int = 0, c
         pipeline.run(cfg, stop_after=st["name"], log=quiet)
         times[st["name"]] = time.perf_counter() - t0
     work = cfg["workdir"]
-    photos = cfg["stages"][0]["out"]
+    files = cfg["data"]
 
     log(f"== [{steps - 1}/{steps}] exporting the student (Fast R-CNN caffemodel, ONNX) and checking both")
     t0 = time.perf_counter()
@@ -345,15 +421,16 @@ def run_demo(out: str = "caffekt-demo", *, quick: bool = False, seed: int = 0, c
 
     log(f"== [{steps}/{steps}] writing the report")
     t0 = time.perf_counter()
-    puzzles = puzzle_accuracy(os.path.join(work, "jigsaw", "teacher.caffemodel"), os.path.join(photos, "val.txt"),
+    puzzles = puzzle_accuracy(os.path.join(work, "jigsaw", "teacher.caffemodel"), files["probe_test"],
                               scale.jigsaw_perms, seed, scale.puzzles_eval, seed + 1000)
-    seen = puzzle_accuracy(os.path.join(work, "jigsaw", "teacher.caffemodel"), os.path.join(photos, "train.txt"),
-                           scale.jigsaw_perms, seed, scale.puzzles_eval, seed + 1000)   # fresh puzzles, seen crops
+    seen = puzzle_accuracy(os.path.join(work, "jigsaw", "teacher.caffemodel"), files["pretext"],
+                           scale.jigsaw_perms, seed, scale.puzzles_eval, seed + 1000)   # fresh puzzles, seen images
     times["puzzle eval"] = time.perf_counter() - t0
     summary = _summary(cfg, scale, seed, exports, puzzles, times)
     summary["jigsaw"]["puzzles_train_crops"] = seen
     log(f"teacher puzzle accuracy: {100 * puzzles['accuracy']:.1f}% on {puzzles['puzzles']} puzzles of held-out "
-        f"val crops, {100 * seen['accuracy']:.1f}% on its train crops (chance {100 * puzzles['chance']:.1f}%)")
+        f"{'test images' if data == 'fashion-mnist' else 'val crops'}, {100 * seen['accuracy']:.1f}% on its "
+        f"training images (chance {100 * puzzles['chance']:.1f}%)")
     summary["torch_threads"] = torch.get_num_threads()
     summary["seconds"]["total (before the report)"] = time.perf_counter() - t_all
     report_dir = os.path.join(out, "report")
@@ -369,6 +446,8 @@ def run_demo(out: str = "caffekt-demo", *, quick: bool = False, seed: int = 0, c
 
 STAGE_TITLES = {
     "photos": "the image set: crops of scikit-image's photos, labelled by photo (cached)",
+    "fashion-mnist": "the image set: Fashion-MNIST, upsampled; train images unlabelled for all but the probes "
+                     "(cached)",
     "jigsaw": "training a small Jigsaw++ teacher (9 tiles, occluders, reduced width/iterations)",
     "features": "teacher features: conv5, pooled 3x3, L2-normalised",
     "cluster": "k-means on the teacher features -> pseudo-labels",
@@ -380,13 +459,18 @@ STAGE_TITLES = {
 def _summary(cfg: dict, scale: DemoScale, seed: int, exports: dict, puzzles: dict, times: dict) -> dict:
     import csv
 
+    from caffe_compat.data.sources import list_image_paths
+
     work = cfg["workdir"]
-    photos = cfg["stages"][0]["out"]
-    with open(os.path.join(photos, "photo_set.json"), encoding="utf-8") as f:
-        photo_params = json.load(f)
+    files = cfg["data"]
     from .labels import read_list
-    counts = {part: len(read_list(os.path.join(photos, f"{part}.txt"))[0]) for part in ("train", "val")}
-    _, yval = read_list(os.path.join(photos, "val.txt"))
+    stamp = "fashion_mnist.json" if files["kind"] == "fashion-mnist" else "photo_set.json"
+    with open(os.path.join(files["dir"], stamp), encoding="utf-8") as f:
+        params = json.load(f)
+    _, ytest = read_list(files["probe_test"])
+    counts = {"pretext": len(list_image_paths(files["pretext"])),
+              "probe_train": len(read_list(files["probe_train"])[0]),
+              "probe_test": len(ytest), "clustered": len(list_image_paths(files["cluster"]))}
     with open(os.path.join(work, "pseudo_labels.json"), encoding="utf-8") as f:
         clusters = json.load(f)
     probes: Dict[str, Dict[str, float]] = {}
@@ -395,8 +479,9 @@ def _summary(cfg: dict, scale: DemoScale, seed: int, exports: dict, puzzles: dic
     for row in rows[1:]:
         probes[row[0]] = {l: float(v) for l, v in zip(rows[0][1:], row[1:]) if v != ""}
     return {
-        "scale": asdict(scale), "seed": seed, "photo_set": {**photo_params, "dir": photos, **counts},
-        "probe_chance": float(np.bincount(yval).max() / len(yval)),
+        "scale": asdict(scale), "seed": seed,
+        "data": {**params, "kind": files["kind"], "dir": files["dir"], **counts},
+        "probe_chance": float(np.bincount(ytest).max() / len(ytest)),
         "jigsaw": {**_final_loss(os.path.join(work, "jigsaw", "jigsaw_log.csv")), "puzzles": puzzles},
         "cluster": {k: clusters[k] for k in ("k", "images", "objective_per_image", "empty_clusters", "sizes",
                                              "nmi", "purity") if k in clusters},
@@ -411,7 +496,7 @@ def _puzzle_verdict(pz: dict, sc: dict) -> str:
     margin = 2 * float(np.sqrt(ch * (1 - ch) / n))
     if pz["accuracy"] > ch + margin:
         return (f"above chance by more than two standard errors ({pz['accuracy'] / ch:.1f}x chance): the teacher has "
-                "learned some of the puzzle task beyond its training crops.")
+                "learned the puzzle task beyond its training images.")
     short = " (the quick scale is too short for the teacher to learn)" if sc.get("name") == "quick" else ""
     return f"within two standard errors of chance{short}: the teacher has not learned the puzzle task."
 
@@ -423,9 +508,46 @@ def _seen_crops_note(jg: dict) -> str:
         return ""
     ch = held["chance"]
     margin = 2 * float(np.sqrt(ch * (1 - ch) / held["puzzles"]))
-    gap = (" (the gap to the held-out crops is memorisation of a few hundred training crops)"
+    gap = (" (the gap to the held-out images is memorisation of its training images)"
            if seen["accuracy"] > held["accuracy"] + margin else "")
-    return f" Fresh puzzles of the train crops it saw: {100 * seen['accuracy']:.1f}%{gap}."
+    return f" Fresh puzzles of the training images it saw: {100 * seen['accuracy']:.1f}%{gap}."
+
+
+def data_text(d: dict) -> str:
+    """The report's data paragraph."""
+    if d["kind"] == "fashion-mnist":
+        return (f"Fashion-MNIST (10 clothing classes, 28x28 gray, from `{d.get('source', '?')}`), upsampled to "
+                f"{d['size']}x{d['size']}: {d['pretext']} train images, unlabelled, for the pretext task, the "
+                f"clustering and the student; their labels train the linear probes only, which are scored on "
+                f"{d['probe_test']} test images. Cached in `{d['dir']}`.")
+    return (f"{d['probe_train'] + d['probe_test']} random crops ({d['size']}x{d['size']}) of {len(d['photos'])} "
+            f"photos that scikit-image ships ({', '.join(d['photos'])}), labelled by source photo: "
+            f"{d['probe_train']} train / {d['probe_test']} val (Fashion-MNIST is not installed; "
+            f"`apt-get install dataset-fashion-mnist` makes the demo use it). Cached in `{d['dir']}`.")
+
+
+def probe_words(probes: Dict[str, Dict[str, float]], chance: float, n_train: int, n_test: int, held: str) -> str:
+    """The probe table in words: resolution, chance, what beats what by how much, and whether that is noise."""
+    best = {m: max(r.items(), key=lambda kv: kv[1]) for m, r in probes.items()}
+    ranked = sorted(best.items(), key=lambda kv: -kv[1][1])
+    top = max(v for _, v in best.values())
+    res = 100 * 2 * float(np.sqrt(2 * top * (1 - top) / n_test))   # 2 s.e. of a difference between two probes
+    out = [f"Each number is the top-1 accuracy of a linear classifier trained on one frozen layer's features of "
+           f"the {n_train} training images and scored on {n_test} {held}: one image is {100 / n_test:.2f} points, "
+           f"and two probes on the same images differ by less than about {res:.1f} points (two binomial standard "
+           f"errors) by chance alone. Chance (the most frequent class) is {100 * chance:.1f}%.",
+           "Best layer per net: " + ", ".join(f"{m} {100 * v:.1f}% ({l})" for m, (l, v) in ranked) + "."]
+    base = best.get("random init")
+    for m, (l, v) in ranked:
+        if m == "random init" or base is None:
+            continue
+        diff = 100 * (v - base[1])
+        how = ("beats" if diff > res else "trails" if diff < -res else "is level with (within the noise)")
+        out.append(f"{m} {how} random init by {abs(diff):.1f} points.")
+    out.append(f"Every net is {min(v for _, v in best.values()) / chance:.1f}x chance or more at its best layer: "
+               "even random convolutions give linearly useful features, which is why random init is the baseline "
+               "to beat, not chance.")
+    return " ".join(out)
 
 
 def write_report(report_dir: str, cfg: dict, s: dict) -> None:
@@ -434,49 +556,53 @@ def write_report(report_dir: str, cfg: dict, s: dict) -> None:
 
     work = cfg["workdir"]
     os.makedirs(report_dir, exist_ok=True)
-    loss_curves_png({"Jigsaw++ teacher (puzzle classes)": os.path.join(work, "jigsaw", "jigsaw_log.csv"),
-                     "CC student (cluster classes)": os.path.join(work, "cc", "cc_log.csv")},
-                    os.path.join(report_dir, "loss_curves.png"))
+    titles = {"jigsaw": "Jigsaw++ teacher (puzzle classes)", "cc": "CC student (cluster classes)"}
+    loss_curves_png({titles["jigsaw"]: os.path.join(work, "jigsaw", "jigsaw_log.csv"),
+                     titles["cc"]: os.path.join(work, "cc", "cc_log.csv")},
+                    os.path.join(report_dir, "loss_curves.png"),
+                    chance={titles["jigsaw"]: float(np.log(s["scale"]["jigsaw_perms"])),
+                            titles["cc"]: float(np.log(s["cluster"]["k"]))})
     for name in ("clusters.png", "cluster_sizes.png"):
         shutil.copyfile(os.path.join(work, name), os.path.join(report_dir, name))
     for name in ("probes.png", "probes.csv"):
         shutil.copyfile(os.path.join(work, "probes", name), os.path.join(report_dir, name))
-    sc, ph, jg, cl, ex = s["scale"], s["photo_set"], s["jigsaw"], s["cluster"], s["exports"]
+    sc, d, jg, cl, ex = s["scale"], s["data"], s["jigsaw"], s["cluster"], s["exports"]
+    held = "test images" if d["kind"] == "fashion-mnist" else "val crops"
     pz = jg["puzzles"]
     fr, ox = ex["frcnn"], ex["onnx"]
-    best = {m: max(r.values()) for m, r in s["probes"].items()}
     L = [f"# caffekt demo report ({sc['name']} scale, seed {s['seed']})", "",
          "Every number below was computed by the run that wrote this file.", "",
-         "## Data", "",
-         f"{ph['train'] + ph['val']} random crops ({ph['size']}x{ph['size']}) of {len(ph['photos'])} photos "
-         f"that scikit-image ships ({', '.join(ph['photos'])}), labelled by source photo: "
-         f"{ph['train']} train / {ph['val']} val. Cached in `{ph['dir']}`.", "",
+         "## Data", "", data_text(d), "",
          "## Teacher: Jigsaw++", "",
          f"9-tower AlexNet (conv1 stride 2, widths x{sc['jigsaw_width']:g}, fc6 {sc['jigsaw_fc6']} per tile, "
          f"fc7 {sc['jigsaw_fc7']}), {sc['jigsaw_perms']} permutations, {jg['iterations']} iterations of "
-         f"batch {sc['jigsaw_batch']} on the train crops. Loss {jg['first']:.3f} at the first iteration, "
+         f"batch {sc['jigsaw_batch']} on the {d['pretext']} unlabelled training images. "
+         f"Loss {jg['first']:.3f} at the first iteration, "
          f"{jg['last_mean']:.3f} averaged over the last 10 (chance level ln {sc['jigsaw_perms']} = "
          f"{np.log(sc['jigsaw_perms']):.3f}).", "",
          f"Small-scale recipe: {sc.get('jigsaw_init', 'authors')} init + {sc.get('jigsaw_solver', 'SGD')} "
          f"{sc['jigsaw_lr']:g} (constant), dropout {sc.get('jigsaw_dropout', 0.5):g}, because at this scale "
          "the authors' SGD recipe (Gaussian fillers, SGD 0.01) stays at chance; the paper's full-scale configs "
          "keep the authors' recipe.", "",
-         f"Puzzle accuracy on {pz['puzzles']} puzzles of the val crops (crops the teacher never saw): "
+         f"Puzzle accuracy on {pz['puzzles']} puzzles of {held} (images the teacher never saw): "
          f"{100 * pz['accuracy']:.1f}% (chance {100 * pz['chance']:.1f}%): " + _puzzle_verdict(pz, sc)
          + _seen_crops_note(jg), "",
          "## Clusters: teacher conv5 -> k-means", "",
-         f"k = {cl['k']} on {cl['images']} images; NMI with the photo labels {cl.get('nmi', float('nan')):.3f}, "
+         f"k = {cl['k']} on {cl['images']} images; NMI with the true labels (used only for this check) "
+         f"{cl.get('nmi', float('nan')):.3f}, "
          f"purity {cl.get('purity', float('nan')):.3f}, empty clusters {cl['empty_clusters']}, "
          f"sizes {min(cl['sizes'])}..{max(cl['sizes'])}.", "",
          "![clusters](clusters.png)", "", "![cluster sizes](cluster_sizes.png)", "",
          "## Student: cluster classification", "",
          f"Stride-4 AlexNet (full width) on {TILE_INPUT}x{TILE_INPUT} crops, {s['cc']['iterations']} iterations "
-         f"of batch {sc['cc_batch']}: loss {s['cc']['first']:.3f} -> {s['cc']['last_mean']:.3f} "
+         f"of batch {sc['cc_batch']} ({sc.get('cc_solver', 'SGD')} {sc['cc_lr']:g}"
+         + (", constant: the ImageNet recipe's SGD 0.01 stays at chance at this budget" if sc.get("cc_solver", "SGD")
+            != "SGD" else "") + f"): loss {s['cc']['first']:.3f} -> {s['cc']['last_mean']:.3f} "
          f"(last 10; chance ln {cl['k']} = {np.log(cl['k']):.3f}).", "",
          "![loss curves](loss_curves.png)", "",
-         "## Linear probes (photo labels)", "",
+         "## Linear probes", "",
          table_markdown(s["probes"], s["probe_chance"]).rstrip(), "",
-         "Best layer per model: " + ", ".join(f"{m} {100 * v:.1f}%" for m, v in best.items()) + ".", "",
+         probe_words(s["probes"], s["probe_chance"], d["probe_train"], d["probe_test"], held), "",
          "![probes](probes.png)", "",
          "## Exports", "",
          f"**Fast R-CNN CaffeNet** (`{os.path.relpath(fr['path'], os.path.dirname(report_dir))}`, {fr['bytes']} "
@@ -496,5 +622,6 @@ def write_report(report_dir: str, cfg: dict, s: dict) -> None:
     _write_text(os.path.join(report_dir, "report.md"), "\n".join(L))
 
 
-__all__ = ["DemoScale", "SCALES", "DemoResult", "run_demo", "demo_config", "tower_deploy_param",
+__all__ = ["DemoScale", "SCALES", "pick_data", "data_files", "probe_words", "smooth", "DemoResult", "run_demo",
+           "demo_config", "tower_deploy_param",
            "write_tower_deploy", "export_student", "pick_threads", "puzzle_accuracy", "loss_curves_png", "write_report"]

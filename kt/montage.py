@@ -67,10 +67,13 @@ def size_histogram_png(sizes: np.ndarray, out_png: str, title: str = "cluster si
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.hist(np.asarray(sizes), bins=min(50, max(5, len(sizes))), color="#4477aa")
     ax.set_xlabel("images in cluster")
     ax.set_ylabel("clusters")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))   # counts: no 2.5 clusters
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(title)
     _write_png_bytes(out_png, _figure_png(fig))
     plt.close(fig)
@@ -89,8 +92,12 @@ def size_histogram_text(sizes: np.ndarray, bins: int = 10, width: int = 40) -> s
 
 
 def accuracy_bars_png(table: Dict[str, Dict[str, float]], out_png: str, title: str = "linear probes",
-                      chance: Optional[float] = None) -> None:
-    """Grouped bars: one group per layer, one bar per model (``table[model][layer] = accuracy``)."""
+                      chance: Optional[float] = None, errors: Optional[Dict[str, Dict[str, float]]] = None,
+                      ylim: Optional[tuple] = None) -> None:
+    """Grouped bars: one group per layer, one bar per model (``table[model][layer] = accuracy``).
+
+    ``errors[model][layer]`` (same units) draws an error bar (e.g. the std over seeds).
+    """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -100,10 +107,14 @@ def accuracy_bars_png(table: Dict[str, Dict[str, float]], out_png: str, title: s
     w = 0.8 / max(len(models), 1)
     fig, ax = plt.subplots(figsize=(1.2 * len(layers) + 2, 3.5))
     for i, m in enumerate(models):
-        ax.bar(x + (i - (len(models) - 1) / 2) * w, [100 * table[m].get(l, np.nan) for l in layers], w, label=m)
+        err = None if errors is None else [100 * errors.get(m, {}).get(l, 0.0) for l in layers]
+        ax.bar(x + (i - (len(models) - 1) / 2) * w, [100 * table[m].get(l, np.nan) for l in layers], w, label=m,
+               yerr=err, capsize=2 if err else 0, error_kw={"lw": 0.8})
     if chance is not None:
         ax.axhline(100 * chance, color="k", ls="--", lw=1, label="chance")
     ax.set_xticks(x, layers)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(title)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))   # outside: bars stay visible

@@ -5,6 +5,8 @@ each stage is ``{"name", "kind", ...params}``.  Strings may use ``{var}``
 for ``vars``, ``{workdir}`` and ``{config_dir}``.  Kinds:
 
 * ``photos``   the small labelled set built from scikit-image's photos (``build_photo_set``)
+* ``fashion-mnist``  Fashion-MNIST as upsampled PNGs + lists (+ a pretext LMDB), cached
+               (``kt.fashion.build_fashion_mnist``; keys: out, train, test, size, seed, lmdb)
 * ``jigsaw``   Jigsaw++ pretext training (``caffekt.kt.jigsaw.train``) -> ``teacher.caffemodel``
                (keys: arch, width, fc6, fc7, perms (a count: that many generated
                permutations, or a file), max_iter, batch_size, base_lr, snapshot,
@@ -225,6 +227,29 @@ def _teacher_solver(st: dict, out: str) -> str:
     return path
 
 
+def constant_solver_file(path: str, solver_type: str, base_lr: float, max_iter: int, *, snapshot: int = 0,
+                         random_seed: int = -1, weight_decay: float = 0.0005, momentum: float = 0.9,
+                         momentum2: float = 0.999, display: int = 10) -> str:
+    """A constant-rate solver prototxt (no net: ``train-cc``'s ``solver`` key, whose net and prefix CC sets).
+
+    The small-scale student recipe: Adam at a constant rate trains the
+    full-width stride-4 AlexNet (Gaussian fillers) in a few hundred
+    iterations where the ImageNet recipe's SGD 0.01 stays at chance.
+    """
+    if solver_type not in ("SGD", "Adam", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta"):
+        raise CaffeCompatError(f"{path}: solver type must be a Caffe solver type, got {solver_type!r}")
+    lines = [f'type: "{solver_type}"', f"base_lr: {float(base_lr)!r}", 'lr_policy: "fixed"',
+             f"momentum: {float(momentum)!r}", f"weight_decay: {float(weight_decay)!r}",
+             f"max_iter: {int(max_iter)}", f"snapshot: {int(snapshot)}", f"display: {int(display)}",
+             f"random_seed: {int(random_seed)}"]
+    if solver_type == "Adam":
+        lines.insert(4, f"momentum2: {float(momentum2)!r}")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_output(path) as f:
+        f.write(("\n".join(lines) + "\n").encode("utf-8"))
+    return path
+
+
 def _latest_state(out: str, stem: str) -> Optional[str]:
     from caffe_compat.train import latest_snapshot
     return latest_snapshot(os.path.join(out, stem)) if os.path.isdir(out) else None
@@ -315,8 +340,21 @@ def _probe(st):
     print(table_markdown(table))
 
 
+def _fashion_outputs(st):
+    return [os.path.join(st["out"], f) for f in ("unlabelled.txt", "train.txt", "test.txt", "fashion_mnist.json")]
+
+
+def _fashion(st):
+    from .fashion import build_fashion_mnist
+    (out,) = _need(st, "out")
+    build_fashion_mnist(out, train=st.get("train", 60000), test=st.get("test", 10000), size=st.get("size", 64),
+                        seed=st.get("seed", 0), lmdb=st.get("lmdb", False), src=st.get("source"),
+                        progress=st.get("progress", False))
+
+
 STAGES: Dict[str, tuple] = {
     "photos": (_photos_outputs, _photos),
+    "fashion-mnist": (_fashion_outputs, _fashion),
     "jigsaw": (_jigsaw_outputs, _jigsaw),
     "features": (_features_outputs, _features),
     "hog": (_features_outputs, _hog),

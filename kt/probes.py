@@ -251,3 +251,26 @@ def write_table(table: Mapping[str, Mapping[str, float]], out_dir: str, chance: 
         w.writerow([m] + [f"{r[l]:.6f}" if l in r else "" for l in layers])
     with atomic_output(os.path.join(out_dir, "probes.csv")) as f:
         f.write(buf.getvalue().encode())
+
+
+def pixel_features(images: Sequence[str], size: int) -> np.ndarray:
+    """Gray pixels of every image, resized to ``size`` x ``size`` (area interpolation), as float32 rows."""
+    import cv2
+
+    from caffe_compat.data.sources import read_image
+    rows = np.empty((len(images), size * size), np.float32)
+    for i, p in enumerate(images):
+        g = read_image(p, is_color=False)[:, :, 0]
+        rows[i] = cv2.resize(g, (size, size), interpolation=cv2.INTER_AREA).reshape(-1)
+    return rows
+
+
+def pixel_probe(train_list: str, val_list: str, *, size: int = 28,
+                settings: ProbeSettings = ProbeSettings()) -> float:
+    """Top-1 of the same linear probe (BatchNorm without affine + Linear, ``train_heads``) on raw gray pixels."""
+    xtr, ytr = _labelled(train_list)
+    xva, yva = _labelled(val_list)
+    head = [Head("pixels", 1, 1, size * size)]
+    classes = int(max(ytr.max(), yva.max())) + 1
+    return train_heads({"pixels": pixel_features(xtr, size)}, ytr, {"pixels": pixel_features(xva, size)}, yva,
+                       head, classes, settings)["pixels"]

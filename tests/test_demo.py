@@ -63,17 +63,26 @@ def test_report_files_and_figures(demo):
     md = (rep / "report.md").read_text()
     for fig in ("clusters.png", "cluster_sizes.png", "loss_curves.png", "probes.png"):
         assert f"]({fig})" in md
-    # the photo set went to the cache folder given, not into the report
-    assert (demo["cache"] / "demo-photos" / "photo_set.json").is_file()
+    # the image set went to the cache folder given, not into the report
+    d = demo["summary"]["data"]
+    stamp = "fashion_mnist.json" if d["kind"] == "fashion-mnist" else "photo_set.json"
+    assert os.path.dirname(d["dir"]) == str(demo["cache"]) and os.path.isfile(os.path.join(d["dir"], stamp))
+    assert ("data: Fashion-MNIST from" if d["kind"] == "fashion-mnist" else "data: scikit-image's photos") \
+        in demo["stdout"]
 
 
 @pytest.mark.slow
 def test_probe_numbers_are_accuracies_and_match_the_report(demo):
     s = demo["summary"]
     assert set(s["probes"]) == set(MODELS)
-    val = [l.split() for l in (demo["cache"] / "demo-photos" / "val.txt").read_text().splitlines()]
+    d = s["data"]
+    test_list = "test.txt" if d["kind"] == "fashion-mnist" else "val.txt"
+    val = [l.split() for l in open(os.path.join(d["dir"], test_list)).read().splitlines()]
     n_val = len(val)
-    assert s["photo_set"]["val"] == n_val == 80 and s["photo_set"]["train"] == 240
+    if d["kind"] == "fashion-mnist":
+        assert n_val == d["probe_test"] == s["scale"]["fm_test"] and d["probe_train"] == s["scale"]["fm_train"]
+    else:
+        assert d["probe_test"] == n_val == 80 and d["probe_train"] == 240
     assert s["probe_chance"] == pytest.approx(np.bincount([int(v[1]) for v in val]).max() / n_val)
     md = (demo["out"] / "report" / "report.md").read_text()
     with open(demo["out"] / "report" / "probes.csv", newline="") as f:
@@ -87,8 +96,11 @@ def test_probe_numbers_are_accuracies_and_match_the_report(demo):
         row = re.search(r"^\| " + re.escape(m) + r" \|(.*)\|$", md, re.M)
         assert row, m
         assert [float(x) for x in row.group(1).split("|")] == pytest.approx([100 * a for a in accs], abs=0.051)
-    # trained nets must beat chance on photo identity somewhere (8 photos, chance 12.5%)
+    # trained nets must beat chance somewhere (8 photos: chance 12.5%; 10 garment classes: 10%)
     assert max(s["probes"]["student (CC, AlexNet s4)"].values()) > 2 * s["probe_chance"]
+    # the report says it in words: resolution of the test set and chance
+    assert f"one image is {100 / n_val:.2f} points" in md and f"Chance (the most frequent class) is " \
+        f"{100 * s['probe_chance']:.1f}%" in md
 
 
 @pytest.mark.slow
@@ -102,8 +114,10 @@ def test_training_and_cluster_numbers(demo):
     assert pz["puzzles"] == sc["puzzles_eval"] and pz["chance"] == pytest.approx(1 / sc["jigsaw_perms"])
     assert 0.0 <= pz["accuracy"] <= 1.0
     cl = s["cluster"]
-    assert cl["k"] == sc["k"] and sum(cl["sizes"]) == cl["images"] == 320
-    assert 0.0 <= cl["nmi"] <= 1.0 and 1 / 8 <= cl["purity"] <= 1.0
+    d = s["data"]
+    assert cl["k"] == sc["k"] and sum(cl["sizes"]) == cl["images"] == d["clustered"]
+    assert cl["images"] == (sc["fm_train"] if d["kind"] == "fashion-mnist" else 320)
+    assert 0.0 <= cl["nmi"] <= 1.0 and 1 / 10 <= cl["purity"] <= 1.0
     labels = (demo["out"] / "work" / "pseudo_labels.txt").read_text().split("\n")
     got = np.bincount([int(l.split()[-1]) for l in labels if l.strip()], minlength=cl["k"])
     assert got.tolist() == cl["sizes"]
@@ -148,8 +162,10 @@ def test_onnx_file_runs_in_onnxruntime_like_our_module(demo):
     net = load_net(str(work / "deploy.prototxt"), weights=str(work / "final.caffemodel"), phase="TEST",
                    input_shapes={"data": (1, 3, 64, 64)})
     net.eval()
-    # a real crop, mean-subtracted by hand (not the package's preprocessing)
-    img = cv2.imread(str(demo["cache"] / "demo-photos" / "images" / "chelsea_000.png"), cv2.IMREAD_COLOR)
+    # a real image of the set, mean-subtracted by hand (not the package's preprocessing)
+    d = demo["summary"]["data"]
+    first = open(os.path.join(d["dir"], "train.txt")).readline().split()[0]
+    img = cv2.imread(os.path.join(d["dir"], first), cv2.IMREAD_COLOR)
     x = (cv2.resize(img, (64, 64), interpolation=cv2.INTER_AREA).astype(np.float32)
          - np.array([104, 117, 123], np.float32)).transpose(2, 0, 1)[None]
     x = np.concatenate([x, x[:, :, ::-1].copy()])   # batch 2: the axis is dynamic
@@ -207,3 +223,31 @@ def test_threads_one_on_a_busy_machine_else_torchs(monkeypatch):
     assert d.pick_threads() == torch.get_num_threads()
     monkeypatch.setattr(os, "getloadavg", lambda: (4.0, 1.0, 1.0))
     assert d.pick_threads() == 1
+
+
+def test_smoothing_smooths_and_matches_a_convolution():
+    from caffekt.kt.demo import smooth
+    rng = np.random.default_rng(0)
+    x = 2.0 + rng.normal(size=400)
+    y = smooth(x, 20)
+    # trailing window: after the first 20 values, the mean of the last 20 (an independent np.convolve)
+    np.testing.assert_allclose(y[19:], np.convolve(x, np.ones(20) / 20, mode="valid"), rtol=1e-12)
+    np.testing.assert_allclose(y[:3], [x[0], x[:2].mean(), x[:3].mean()])
+    assert y[19:].std() < x.std() / 3   # it smooths
+    z = x.copy()
+    z[5] = np.nan
+    assert np.isfinite(smooth(z, 20)).all()
+
+
+def test_probe_words_name_resolution_chance_and_margins():
+    from caffekt.kt.demo import probe_words
+    probes = {"student (CC, AlexNet s4)": {"conv1": 0.80, "conv2": 0.86}, "teacher (Jigsaw++ tower)": {"conv1": 0.70},
+              "random init": {"conv1": 0.85, "conv2": 0.84}}
+    text = probe_words(probes, 0.1, 2000, 5000, "test images")
+    assert "scored on 5000 test images: one image is 0.02 points" in text
+    assert "Chance (the most frequent class) is 10.0%" in text
+    margin = 200 * np.sqrt(2 * 0.86 * 0.14 / 5000)
+    assert f"less than about {margin:.1f} points" in text
+    assert "student (CC, AlexNet s4) is level with (within the noise) random init by 1.0 points" in text
+    assert "teacher (Jigsaw++ tower) trails random init by 15.0 points" in text
+    assert "Best layer per net: student (CC, AlexNet s4) 86.0% (conv2), random init 85.0% (conv1)" in text

@@ -60,7 +60,10 @@ def _ci_text() -> str:
 
 def test_main_job_command_is_the_demo():
     assert commands("demo-command") == [
-        "python -m pip install torch==2.13.0 && python -m pip install -e . && caffekt demo"]
+        "sudo apt-get install -y dataset-fashion-mnist && python -m pip install torch==2.13.0 && "
+        "python -m pip install -e . && caffekt demo"]
+    # the data package the demo uses is the one CI installs
+    assert "apt-get install -y -qq --no-install-recommends dataset-fashion-mnist" in _ci_text()
 
 
 def test_test_command_is_ci_and_fast_tier_installs_what_ci_installs():
@@ -290,29 +293,46 @@ def test_results_file_comes_from_the_readme_command():
     assert m, "docs/results.md does not name the command that made it"
     assert f"`{m.group(1)}`" in _readme()
     assert "--seeds 0 1 2" in m.group(1) and "--scale small" in m.group(1)
-    for model in _experiments().MODELS:
+    _experiments()   # puts experiments/ on the path
+    from report import ROWS
+    for model in ROWS:
         row = re.search(r"^\| " + re.escape(model) + r" \|(.*)\|$", res, re.M)
         assert row, model
         cells = [c.strip() for c in row.group(1).split("|")]
-        assert len(cells) == 6 and all(re.fullmatch(r"\d+\.\d ± \d+\.\d", c) for c in cells), cells
+        filled = cells[-1:] if model == "raw pixels" else cells
+        assert len(cells) == 6 and all(re.fullmatch(r"\d+\.\d ± \d+\.\d", c) for c in filled), cells
+    assert "](results_probes.png)" in res and os.path.isfile(os.path.join(REPO, "docs", "results_probes.png"))
+
+
+def _fake_summaries(rows):
+    summaries = []
+    for seed, base in ((0, 0.50), (1, 0.60), (2, 0.70)):
+        probes = {m: ({"pixels": base} if m == "raw pixels" else {f"conv{i}": base + 0.01 * (i - 1)
+                                                                  for i in range(1, 6)}) for m in rows}
+        summaries.append({"seed": seed, "probes": probes,
+                          "clusters": {k: {"nmi": 0.5, "purity": 0.5, "empty": 0} for k in ("alexnet", "vgg", "hog")},
+                          "losses": {k: {"first": 3.0, "last10": 2.0} for k in
+                                     ("jigsaw-alexnet", "jigsaw-vgg", "cc-alexnet", "cc-vgg", "cc-hog",
+                                      "cc-supervised")},
+                          "puzzles": {k: {"accuracy": 0.9, "puzzles": 20, "chance": 0.1, "permutations": 10}
+                                      for k in ("alexnet", "vgg")},
+                          "seconds": {"fashion-mnist": 1.0}})
+    return summaries
 
 
 def test_results_tables_are_mean_and_sample_std():
     ex = _experiments()
+    from report import ROWS, results_markdown
     sc = ex.load_scale("tiny")
-    summaries = []
-    for seed, base in ((0, 0.50), (1, 0.60), (2, 0.70)):
-        probes = {m: {l: base + 0.01 * i for i, l in enumerate(ex.LAYERS)} for m in ex.MODELS}
-        summaries.append({"seed": seed, "probes": probes,
-                          "clusters": {k: {"nmi": 0.5, "purity": 0.5, "empty": 0} for k in ex.TEACHERS},
-                          "losses": {k: {"first": 3.0, "last10": 2.0} for k in
-                                     ("jigsaw-alexnet", "jigsaw-vgg", "cc-alexnet", "cc-vgg", "cc-hog")},
-                          "seconds": {"photos": 1.0}})
-    md = ex.results_markdown(sc, summaries, "python experiments/run.py --seeds 0 1 2 --scale tiny", 60.0,
-                             {"train": 240, "val": 80, "photos": ["a", "b"], "chance": 0.125})
+    data = {"seed": 0, "size": 64, "class_counts": {"train": [30] * 10, "test": [50] * 10}}
+    md = results_markdown(sc, _fake_summaries(ROWS), "python experiments/run.py --scale tiny --seeds 0 1 2", 60.0,
+                          data, "x.png", "versions", 0.0)
     # conv1: 50, 60, 70 -> 60.0 ± 10.0 (sample std); best layer is conv5: 54, 64, 74 -> 64.0 ± 10.0
     assert "| random init | 60.0 ± 10.0 | 61.0 ± 10.0 | 62.0 ± 10.0 | 63.0 ± 10.0 | 64.0 ± 10.0 | 64.0 ± 10.0 |" in md
-    assert "within one std of random init" in md
+    assert "| raw pixels |  |  |  |  |  | 60.0 ± 10.0 |" in md
+    # equal rows: every claim is within noise (claim 2: "keeps")
+    assert md.count("**within noise**") == 3 and md.count("**reproduced (within noise: keeps)**") == 1
+    assert "all 500 test images" in md
 
 
 def test_seed_config_is_a_valid_pipeline():
@@ -320,13 +340,20 @@ def test_seed_config_is_a_valid_pipeline():
     import tempfile
     from caffekt.kt import pipeline
     with tempfile.TemporaryDirectory() as d:
-        cfg = ex.seed_config(ex.load_scale("tiny"), 3, os.path.join(d, "w"), os.path.join(d, "photos"))
+        cfg = ex.seed_config(ex.load_scale("tiny"), 3, os.path.join(d, "w"), os.path.join(d, "data"))
         names = [s["name"] for s in cfg["stages"]]
-        assert names == ["photos", "jigsaw-alexnet", "jigsaw-vgg", "features-alexnet", "cluster-alexnet",
+        assert names == ["fashion-mnist", "jigsaw-alexnet", "jigsaw-vgg", "features-alexnet", "cluster-alexnet",
                          "cc-alexnet", "features-vgg", "cluster-vgg", "cc-vgg", "features-hog", "cluster-hog",
-                         "cc-hog", "probe"]
+                         "cc-hog", "cc-supervised", "probe", "probe-teacher"]
         assert all(s["kind"] in pipeline.STAGES for s in cfg["stages"])
         assert {s.get("seed") for s in cfg["stages"] if s["kind"] in ("jigsaw", "cluster")} == {3}
+        # no label reaches pretext, features or clustering: they read the unlabelled list
+        for s in cfg["stages"]:
+            if s["kind"] in ("jigsaw", "features", "hog"):
+                assert s["images"].endswith("unlabelled.txt"), s["name"]
+        cc = [s for s in cfg["stages"] if s["kind"] == "train-cc"]
+        assert [s["labels"].endswith("train.txt") for s in cc] == [False, False, False, True]   # only the bound
+        assert all(s["val"].endswith("test.txt") for s in cfg["stages"] if s["kind"] == "probe")
         assert pipeline.plan(cfg) == 0
         assert pipeline.run(cfg, only_plan=True, log=lambda _l: None) == names
 

@@ -279,6 +279,31 @@ class JpsTransformer:
         # flat read positions (data_transformer.cpp:224)
         base = (np.arange(C)[None, :] * H + h_off + y0 + y) * W + w_off + x0 + x
         P = self.patch
+        rows, cols = (base % (H * W)) // W, base % W       # where each tile's window starts
+        if rows.max() + P <= H and cols.max() + P <= W:
+            # every window inside its plane: plain slices (the flat index of the fork reads the same)
+            out = np.empty((self.tiles, C, P, P), dtype=F32)
+            for s_ in range(self.tiles):
+                for c in range(C):
+                    r, q = int(rows[s_, c]), int(cols[s_, c])
+                    out[s_, c] = chw[c, r:r + P, q:q + P]
+        else:
+            out = self._flat_gather(chw, base, P)
+        if self.mean_values:
+            mv = np.array(self.mean_values * (C if len(self.mean_values) == 1 else 1), dtype=F32)
+            out -= mv[None, :, None, None]
+        if self.scale != F32(1):
+            out *= self.scale
+        if n_colour:
+            _colour(out, int(draws[-2]), int(draws[-1]))
+        return np.ascontiguousarray(out.reshape(self.tiles * C, P, P)), label
+
+
+    def _flat_gather(self, chw: np.ndarray, base: np.ndarray, P: int) -> np.ndarray:
+        """The fork's flat reads (data_transformer.cpp:224) where a window leaves its plane's rows or
+        columns: past a row's end on the next row, past the last row into the next channel, past
+        the record zeros (the fork reads whatever memory follows)."""
+        C, H, W = chw.shape
         idx = base[:, :, None, None] + (np.arange(P) * W)[:, None] + np.arange(P)
         flat = chw.reshape(-1)
         if idx.max() >= flat.size:
@@ -288,15 +313,7 @@ class JpsTransformer:
                             self.where, self.jitter, P)
                 self._warned = True
             flat = np.concatenate([flat, np.zeros(int(idx.max()) + 1 - flat.size, dtype=flat.dtype)])
-        out = flat[idx].astype(F32)
-        if self.mean_values:
-            mv = np.array(self.mean_values * (C if len(self.mean_values) == 1 else 1), dtype=F32)
-            out -= mv[None, :, None, None]
-        if self.scale != F32(1):
-            out *= self.scale
-        if n_colour:
-            _colour(out, int(draws[-2]), int(draws[-1]))
-        return np.ascontiguousarray(out.reshape(self.tiles * C, P, P)), label
+        return flat[idx].astype(F32)
 
 
 def _colour(tiles: np.ndarray, r1: int, r2: int) -> None:

@@ -7,6 +7,8 @@ byte offset where one is known) and say what was expected.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 
 class CaffeCompatError(Exception):
     """Base class of every error caffekt raises on bad input."""
@@ -80,3 +82,11 @@ class MemoryBudgetExceeded(CaffeCompatError, MemoryError):
 
 class MissingFile(CaffeCompatError, FileNotFoundError):
     """A file that a command or another file names does not exist."""
+
+
+def name_file(e: "CaffeCompatError", path: Optional[str]) -> "CaffeCompatError":
+    """``e`` with its message starting with ``path`` (when it does not name it yet)."""
+    msg = str(e)
+    if path and path not in msg:
+        e.args = (f"{path}: {msg}",) + tuple(e.args[1:])
+    return e

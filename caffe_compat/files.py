@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Optional
 
 from .errors import CaffeFormatError
 
@@ -59,4 +59,20 @@ def read_json(path: str, what: str = "JSON document"):
         raise CaffeFormatError(f"not a readable {what} ({e})", path) from None
 
 
-__all__ = ["atomic_output", "write_json", "read_json"]
+def sniff_text(path: str) -> Optional[bool]:
+    """Whether the file's first 4 KiB look like prototxt text (None: unreadable or empty)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return None
+    if not head:
+        return None
+    control = sum(b < 9 or 13 < b < 32 for b in head)
+    if control > len(head) // 100:
+        return False
+    text = head.decode("utf-8", errors="ignore")
+    return any(w in text for w in ("layer", "name:", "input", "net:"))
+
+
+__all__ = ["atomic_output", "write_json", "read_json", "sniff_text"]

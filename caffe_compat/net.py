@@ -41,50 +41,18 @@ import torch
 from torch import nn
 
 from .budget import blob_shape_string, check_shape
-from .errors import CaffeCompatError, CaffeFormatError, ShapeError, UnknownLayerType, UnsupportedParameter
+from .errors import (CaffeCompatError, CaffeFormatError, ShapeError, UnknownLayerType, UnsupportedParameter,
+                     name_file)
+from .files import sniff_text
+from .netstate import PHASE_NAMES, PHASES, filter_layers, state_meets_rule  # noqa: F401  (API: net.filter_layers, ...)
 from .proto import caffe_pb2
 
-PHASES = {"TRAIN": caffe_pb2.TRAIN, "TEST": caffe_pb2.TEST}
-_PHASE_NAMES = {v: k for k, v in PHASES.items()}
 _PYTHON_MODES = ("refuse", "as_input")
 
 
 def _eager() -> bool:
     # shapes are fixed while tracing/compiling; reshape only runs eagerly
     return not (torch.jit.is_tracing() or torch.compiler.is_compiling())
-
-
-# --------------------------------------------------------------------------- filtering
-
-def state_meets_rule(rule, phase: int, level: int, stages: Sequence[str]) -> bool:
-    """Net::StateMeetsRule: phase, min_level, max_level, all ``stage``s present, no ``not_stage``."""
-    if rule.HasField("phase") and rule.phase != phase:
-        return False
-    if rule.HasField("min_level") and level < rule.min_level:
-        return False
-    if rule.HasField("max_level") and level > rule.max_level:
-        return False
-    if any(s not in stages for s in rule.stage):
-        return False
-    if any(s in stages for s in rule.not_stage):
-        return False
-    return True
-
-
-def filter_layers(param, phase: int, level: int, stages: Sequence[str], path: Optional[str] = None) -> list:
-    """Net::FilterNet: the LayerParameters of ``param`` that the state keeps, in order."""
-    kept = []
-    for lp in param.layer:
-        if len(lp.include) and len(lp.exclude):
-            raise CaffeFormatError("specify either include rules or exclude rules; not both",
-                                   path, f"layer {lp.name!r}")
-        if len(lp.include):
-            keep = any(state_meets_rule(r, phase, level, stages) for r in lp.include)
-        else:
-            keep = not any(state_meets_rule(r, phase, level, stages) for r in lp.exclude)
-        if keep:
-            kept.append(lp)
-    return kept
 
 
 # --------------------------------------------------------------------------- reading
@@ -265,7 +233,7 @@ class Net(nn.Module):
                                    path, where)
         bkeys, tkeys = wiring.bottoms(lp, where), wiring.tops(lp, where)
         bottom_shapes = [wiring.shapes[k] for k in bkeys]
-        lay_phase = _PHASE_NAMES.get(lp.phase, phase) if lp.HasField("phase") else phase
+        lay_phase = PHASE_NAMES.get(lp.phase, phase) if lp.HasField("phase") else phase
         if issubclass(cls, NetInput):
             mine = {t: input_shapes[t] for t in lp.top if t in input_shapes}
             used_input_shapes.update(mine)
@@ -509,28 +477,4 @@ def load_net(prototxt, weights=None, phase: str = "TEST", stages: Sequence[str] 
     return net
 
 
-def sniff_text(path: str) -> Optional[bool]:
-    """Whether the file's first 4 KiB look like prototxt text (None: unreadable or empty)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4096)
-    except OSError:
-        return None
-    if not head:
-        return None
-    control = sum(b < 9 or 13 < b < 32 for b in head)
-    if control > len(head) // 100:
-        return False
-    text = head.decode("utf-8", errors="ignore")
-    return any(w in text for w in ("layer", "name:", "input", "net:"))
-
-
-def name_file(e: CaffeCompatError, path: Optional[str]) -> CaffeCompatError:
-    """``e`` with its message starting with ``path`` (when it does not name it yet)."""
-    msg = str(e)
-    if path and path not in msg:
-        e.args = (f"{path}: {msg}",) + tuple(e.args[1:])
-    return e
-
-
-__all__ = ["Net", "load_net", "name_file", "state_meets_rule", "filter_layers", "PHASES"]
+__all__ = ["Net", "load_net", "state_meets_rule", "filter_layers", "PHASES"]

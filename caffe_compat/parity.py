@@ -365,7 +365,7 @@ def run_parity(prototxt: str, weights: str, backend: str,
     if backend not in BACKENDS:
         raise UnsupportedParameter(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     from .errors import CaffeCompatError
-    from .net import name_file
+    from .errors import name_file
 
     param = _parse_net_file(prototxt)
     try:

@@ -213,7 +213,7 @@ def run_target(kind: str, path: str) -> None:
     elif kind == "prototxt":
         from .deploy_form import export_form
 
-        from caffe_compat.net import name_file
+        from caffe_compat.errors import name_file
         cio.read_net(path)
         form, _path, _dropped = export_form(path)   # train/test nets: their deploy form
         try:

@@ -345,7 +345,7 @@ def export_onnx_file(prototxt, weights, out: str, opset: int = DEFAULT_OPSET,
     from caffe_compat.net import load_net
 
     from caffe_compat.errors import CaffeCompatError
-    from caffe_compat.net import name_file
+    from caffe_compat.errors import name_file
 
     from .deploy_form import export_form
 

@@ -16,7 +16,8 @@ import numpy as np
 
 from caffe_compat.errors import CaffeCompatError
 
-from .features import Request, _write, env_shard, l2_normalize
+from .features import l2_normalize
+from .featurefile import Request, env_shard, write_features
 
 BACKENDS = ("opencv", "skimage")
 
@@ -71,7 +72,7 @@ def extract_hog(images: Sequence[str], out: str, *, size: int = HOG_DEFAULTS["si
         y = np.stack([hog_one(_gray(images[i], size), backend, cell, bins) for i in idx]).astype(np.float32)
         return l2_normalize(y) if l2 else y
 
-    return _write(out, Request(images, source, opts), rows, shard if shard is not None else env_shard(),
+    return write_features(out, Request(images, source, opts), rows, shard if shard is not None else env_shard(),
                   batch_size=batch_size, progress=progress, on_batch=on_batch, desc=f"HOG {backend}")
 
 
